@@ -1,0 +1,98 @@
+"""Shared pieces of the stage schemas.
+
+Every schema forbids unknown keys, so a misspelled key fails validation with its path. Defaults that
+peers disagree on are explicit fields with the choice documented beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Schema(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RayConfig(Schema):
+    """How to reach Ray. `address: null` uses RAY_ADDRESS if set, else starts a local cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster")
+    num_gpus: int | None = Field(default=None, ge=0, description="GPUs of a local cluster")
+    namespace: str = "batray"
+
+
+class ModelConfig(Schema):
+    """The model a stage starts from: a preset name, or a local path / hub name."""
+
+    preset: str | None = "batgpt-tiny"
+    path: str | None = None
+    tokenizer: str | None = Field(
+        default=None, description="tokenizer path or hub name; null: train a byte-level BPE on the corpus"
+    )
+    vocab_size: int = Field(default=1024, ge=300, description="size of the BPE trained when tokenizer is null")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if self.preset is None and self.path is None:
+            raise ValueError("set either preset or path")
+        return self
+
+
+class DeepSpeedConfig(Schema):
+    """DeepSpeed settings; stage 0 still runs through DeepSpeed's engine (plain data parallel)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    bf16: bool = False
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+class ScalingConfig(Schema):
+    """Ray Train workers for a training stage."""
+
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+
+
+class OptimConfig(Schema):
+    """Optimizer and schedule shared by all training stages."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
+
+
+class TrainConfig(Schema):
+    """What every Ray Train stage has: steps, batch, checkpoints, logging, scaling, DeepSpeed."""
+
+    max_steps: int = Field(default=100, ge=1)
+    micro_batch_size: int = Field(default=8, ge=1, description="sequences per worker per micro step")
+    grad_accum_steps: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    ckpt_every: int = Field(default=50, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=50, ge=1)
+    eval_batches: int = Field(default=4, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    optim: OptimConfig = OptimConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainConfig":
+        if self.optim.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps})"
+            )
+        return self

@@ -1,0 +1,151 @@
+"""Schemas of the preference and RL stages: pairs, label, annotate, prefs, reward, ppo."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from batray.config.base import Schema, TrainConfig
+
+
+class SamplingConfig(Schema):
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=48, ge=1)
+
+
+class PairsConfig(Schema):
+    """Two responses A and B per prompt (§3.3)."""
+
+    prompts: str | None = None
+    max_prompts: int | None = Field(default=None, ge=1)
+    model_a: str | None = Field(default=None, description="null: the run's SFT model")
+    model_b: str | None = Field(
+        default=None, description="null: model_a sampled twice; a checkpoint path; or an http(s) endpoint URL"
+    )
+    num_engines: int = Field(default=1, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int = 0
+
+
+class EndpointConfig(Schema):
+    """An OpenAI-compatible judge endpoint. The API key is read from the environment, never stored."""
+
+    url: str
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+
+
+class LabelConfig(Schema):
+    """AI feedback (§3.3): labeler actors ask judges the annotators' questions."""
+
+    endpoints: list[EndpointConfig] = []
+    serve_sft_judge: bool = Field(default=True, description="with no endpoints: serve the SFT model as judge")
+    both_orders: bool = True
+    on_order_disagreement: Literal["tie", "lower_confidence"] = "tie"
+    templates: str | None = Field(default=None, description="folder overriding the judge templates")
+    max_requests: int | None = Field(default=None, ge=1, description="budget: requests in all")
+    num_labelers: int = Field(default=1, ge=1)
+
+
+class AnnotateConfig(Schema):
+    """The human annotation web app (Fig. 1)."""
+
+    db: str | None = Field(default=None, description="SQLAlchemy URL; null: SQLite in <run_dir>/annotate")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=1, le=65535)
+    overlap: float = Field(default=0.1, ge=0, le=1, description="share of tasks given to two annotators")
+    seed: int = 0
+
+
+class PrefsConfig(Schema):
+    """Consolidation of AI and human labels into d in {-1, 0, 1}."""
+
+    unacceptable_loses: bool = Field(default=True, description="an unacceptable response loses to an acceptable one")
+    human_overrides_ai: bool = True
+    min_confidence: float = Field(default=0.0, ge=0, le=1, description="AI labels below this are dropped (counted)")
+    human_labels: str | None = Field(default=None, description="exported human.parquet; null: <run_dir>/annotate")
+
+
+class RewardConfig(TrainConfig):
+    """Reward model with the paper's hinge loss (Eq. 3)."""
+
+    margin: float = Field(default=1.0, gt=0)
+    tie_loss: Literal["none", "band", "rao_kupper"] = Field(
+        default="none", description="none: Eq. 3 as written (ties carry no gradient)"
+    )
+    tie_band: float = Field(default=0.25, ge=0, description="tau of the band tie loss, below the margin")
+    data: str | None = Field(default=None, description="preferences parquet/jsonl; null: <run_dir>/prefs")
+    init_from: str | None = Field(default=None, description="null: the run's SFT model")
+
+    @model_validator(mode="after")
+    def _band_below_margin(self) -> "RewardConfig":
+        if self.tie_loss == "band" and self.tie_band >= self.margin:
+            raise ValueError(f"tie_band ({self.tie_band}) must be below margin ({self.margin})")
+        return self
+
+
+class RoleConfig(Schema):
+    """Placement of one PPO role."""
+
+    num_actors: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+
+class PpoConfig(Schema):
+    """PPO with a KL penalty and a pretraining term (Eq. 4). Every contested default is a field."""
+
+    steps: int = Field(default=20, ge=1)
+    rollout_batch_size: int = Field(default=16, ge=1, description="prompts per PPO step")
+    micro_batch_size: int = Field(default=8, ge=1)
+    ppo_epochs: int = Field(default=1, ge=1)
+    num_minibatches: int = Field(default=1, ge=1)
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=24)
+    actor_lr: float = Field(default=1e-5, gt=0)
+    critic_lr: float = Field(default=5e-5, gt=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    # Eq. 4 terms
+    kl_coef: float = Field(default=0.05, ge=0, description="lambda_KL")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    adaptive_kl: bool = False
+    kl_target: float = Field(default=6.0, gt=0)
+    kl_horizon: int = Field(default=10000, ge=1)
+    ptx_coef: float = Field(default=0.0, ge=0, description="lambda_ptx: weight of the Eq. 1 pretraining loss")
+    ptx_batch_size: int = Field(default=4, ge=1)
+    # advantage / value choices
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    clip_range: float = Field(default=0.2, gt=0)
+    dual_clip: float | None = Field(default=None, gt=1)
+    value_clip: float | None = Field(default=0.2, gt=0)
+    value_coef: float = Field(default=0.5, ge=0)
+    reward_clip: float = Field(default=5.0, gt=0)
+    normalize_reward: bool = True
+    # roles (DESIGN.md §5)
+    colocate: bool = True
+    policy: RoleConfig = RoleConfig()
+    critic: RoleConfig = RoleConfig()
+    reference: RoleConfig = RoleConfig(num_cpus=0.5)
+    reward: RoleConfig = RoleConfig(num_cpus=0.5)
+    rollout: RoleConfig = RoleConfig(num_cpus=0.5)
+    sync_timeout_s: float = Field(default=120.0, gt=0)
+    ckpt_every: int = Field(default=10, ge=1)
+    log_every: int = Field(default=1, ge=1)
+    prompts: str | None = None
+    policy_init: str | None = Field(default=None, description="null: the run's SFT model")
+    reward_model: str | None = Field(default=None, description="null: the run's reward model")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "PpoConfig":
+        if self.rollout_batch_size % self.num_minibatches:
+            raise ValueError(
+                f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by num_minibatches ({self.num_minibatches})"
+            )
+        return self

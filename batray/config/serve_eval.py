@@ -1,0 +1,36 @@
+"""Schemas of evaluation and serving."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from batray.config.base import Schema
+
+
+class EvalConfig(Schema):
+    """CMMLU / C-Eval evaluation (§4, Tables 1-3)."""
+
+    benchmarks: list[Literal["cmmlu", "ceval"]] = ["cmmlu", "ceval"]
+    data: str | None = Field(default=None, description="folder holding cmmlu/ and ceval/; null: demo data")
+    models: list[str] = Field(default=[], description="checkpoints or endpoint URLs; empty: the run's sft and ppo")
+    shots: list[int] = [5, 0]
+    modes: list[Literal["da", "cot", "rerank"]] = ["da"]
+    subjects: list[str] | None = None
+    limit: int | None = Field(default=None, ge=1, description="items per subject")
+    num_actors: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    chat: bool = Field(default=False, description="wrap prompts in the model's chat template")
+    max_new_tokens: int = Field(default=128, ge=1, description="cot generation budget")
+
+
+class ServeConfig(Schema):
+    """The OpenAI-compatible server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key_env: str | None = Field(default=None, description="env var holding the API key; null: no key")
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_wait_ms: float = Field(default=5.0, ge=0)

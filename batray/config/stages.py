@@ -1,0 +1,74 @@
+"""Schemas of the stages that are not Ray Train jobs of their own kind (data, expansion, grow)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from batray.config.base import Schema, TrainConfig
+
+
+class DemoDataConfig(Schema):
+    """The built-in bilingual demo world (`batray data demo`)."""
+
+    seed: int = 0
+    num_countries: int = Field(default=24, ge=4)
+    num_people: int = Field(default=24, ge=4)
+    corpus_repeats: int = Field(default=4, ge=1, description="paraphrases of each fact in the corpus")
+
+
+class DataConfig(Schema):
+    """Where a run's data comes from; null paths mean the demo data generated into the run dir."""
+
+    demo: DemoDataConfig = DemoDataConfig()
+    corpus: str | None = None
+    sft: str | None = None
+    prompts: str | None = None
+    benchmarks: str | None = None
+    held_out_fraction: float = Field(default=0.05, ge=0, lt=1)
+
+
+class PretrainConfig(TrainConfig):
+    """Bidirectional autoregressive pretraining (Eq. 1)."""
+
+    direction: Literal["both", "l2r"] = Field(
+        default="both", description="both: Eq. 1 (l2r and r2l terms); l2r: a plain causal LM"
+    )
+    r2l_share: float = Field(
+        default=1.0, ge=0, le=1, description="share of sequences also learned right to left (1.0: every one)"
+    )
+    init_from: str | None = Field(default=None, description="checkpoint to continue from; null: from scratch")
+
+
+class SftConfig(TrainConfig):
+    """Instruction tuning (Eq. 2)."""
+
+    loss_on: Literal["last", "all"] = Field(default="last", description="assistant turns that carry loss")
+    init_from: str | None = Field(default=None, description="null: the run's pretrain/grow/expand output")
+
+
+class ExpandConfig(Schema):
+    """Width (Eqs. 5-7) and depth (Alg. 1 stacking) expansion. Null sizes stay as they are."""
+
+    src: str | None = None
+    hidden_size: int | None = Field(default=None, ge=1)
+    intermediate_size: int | None = Field(default=None, ge=1)
+    num_heads: int | None = Field(default=None, ge=1)
+    num_kv_heads: int | None = Field(default=None, ge=1)
+    num_layers: int | None = Field(default=None, ge=1)
+    method: Literal["fpi", "exact"] = "exact"
+    stack: Literal["copy", "zero"] = "zero"
+    noise_std: float = Field(default=0.0, ge=0, description="exact method: cancelling noise on the copies")
+    seed: int = 0
+    probe_tokens: int = Field(default=64, ge=1)
+
+
+class GrowConfig(Schema):
+    """Algorithm 1: train depth L/2^k, stack, train, ... until depth L; optionally a width step."""
+
+    stack_steps: int = Field(default=1, ge=0, description="k: the first phase has num_layers / 2^k layers")
+    steps_per_phase: int = Field(default=50, ge=1)
+    width: ExpandConfig | None = Field(default=None, description="optional width step after the last stack")
+    stack: Literal["copy", "zero"] = "zero"
+    compare_from_scratch: bool = Field(default=False, description="also train the final size from scratch")

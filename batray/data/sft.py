@@ -1,0 +1,102 @@
+"""SFT sample building (Eq. 2): chat rendering, label masking, truncation from the oldest turns.
+
+The sample is tokenized piece by piece (prefix, response, prefix, response ...), so response token
+boundaries are exact; pieces are BatGPT's chat format (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batray.data.direction import IGNORE_INDEX
+from batray.models.tokenizer import EOP_TOKEN, EOT_TOKEN, L2R_TOKEN
+
+ROLES = ("system", "user", "assistant")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used (bad roles, response too long); counted and written aside."""
+
+
+def normalize_messages(row: dict) -> list[dict]:
+    """Accept `messages` or `prompt`/`response` rows; return validated messages ending with assistant."""
+    if row.get("messages") is not None:
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    elif row.get("prompt") is not None and row.get("response") is not None:
+        messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+    else:
+        raise SampleError("needs `messages` or `prompt` and `response`")
+    if not messages:
+        raise SampleError("empty messages")
+    for i, m in enumerate(messages):
+        if m["role"] not in ROLES:
+            raise SampleError(f"messages[{i}].role {m['role']!r} not in {ROLES}")
+        if not isinstance(m["content"], str):
+            raise SampleError(f"messages[{i}].content is not a string")
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in body):
+        raise SampleError("a system message may only come first")
+    for i, m in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise SampleError(f"turns must alternate user/assistant; turn {i} is {m['role']!r}")
+    if body[-1]["role"] != "assistant":
+        raise SampleError("the last message must be the assistant's response")
+    return messages
+
+
+def chat_pieces(messages: list[dict]) -> list[tuple[str, bool]]:
+    """Render to (text, is_assistant_content) pieces; their concatenation is the chat template's output."""
+    pieces: list[tuple[str, bool]] = []
+    prefix = L2R_TOKEN
+    turn = 0
+    for m in messages:
+        if m["role"] == "system":
+            prefix += f"[System]\n\n{m['content']}\n\n{EOT_TOKEN}"
+        elif m["role"] == "user":
+            turn += 1
+            prefix += f"[Turn {turn}]\n\n[User] {m['content']}\n\n[Assistant] "
+        else:
+            pieces.append((prefix, False))
+            pieces.append((f"{m['content']}\n\n{EOP_TOKEN}", True))
+            prefix = ""
+    return pieces
+
+
+@dataclass
+class SftSample:
+    input_ids: list[int]
+    labels: list[int]
+    dropped_turns: int
+
+
+def build_sft_sample(tokenizer, messages: list[dict], max_len: int, loss_on: str = "last") -> SftSample:
+    """Tokenize a conversation with loss on the last assistant turn (or all), fitting `max_len`.
+
+    Truncation drops the oldest user/assistant turns (keeping the system message); it never cuts the
+    response. A response that cannot fit raises `SampleError`.
+    """
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    dropped = 0
+    while True:
+        pieces = chat_pieces(system + turns)
+        ids: list[int] = []
+        labels: list[int] = []
+        n_assistant = sum(1 for _, a in pieces if a)
+        seen = 0
+        for text, is_assistant in pieces:
+            tok = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += tok
+            if is_assistant:
+                seen += 1
+                train = loss_on == "all" or seen == n_assistant
+            else:
+                train = False
+            labels += tok if train else [IGNORE_INDEX] * len(tok)
+        if len(ids) <= max_len:
+            return SftSample(ids, labels, dropped)
+        if len(turns) <= 2:
+            raise SampleError(f"the last turn alone needs {len(ids)} tokens, more than max_len {max_len}")
+        turns = turns[2:]
+        dropped += 1

@@ -1,0 +1,1 @@
+"""Model presets, loading, the direction tokens and BatGPT's chat format."""

@@ -1,0 +1,62 @@
+"""What every stage entrypoint shares: the common flags, config loading, Ray connection, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from batray.config import RecipeConfig, load_config
+
+
+def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
+    """`batray STAGE --config FILE [--run-dir DIR] [key.sub=value ...]`."""
+    p = argparse.ArgumentParser(prog=f"batray {stage}", description=description)
+    p.add_argument("--config", "-c", default=None, help="recipe YAML (default: the built-in defaults)")
+    p.add_argument("--run-dir", default=None, help="overrides the config's run_dir")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> RecipeConfig:
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "run_dir", None):
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(args.config, overrides)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def init_ray(cfg: RecipeConfig | None = None, **kwargs):
+    """Connect to Ray the usual ways: `ray.address` from config, else RAY_ADDRESS, else a local cluster.
+
+    A local cluster gets explicit CPU/GPU counts from `ray.num_cpus` / `ray.num_gpus` when set. The
+    working directory's packages travel to workers through the job's runtime env (ray job submit) or,
+    locally, because workers inherit this interpreter's sys.path.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    ray_cfg = cfg.ray if cfg is not None else None
+    address = (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
+    init_kwargs = dict(namespace=ray_cfg.namespace if ray_cfg else "batray", log_to_driver=True)
+    if address:
+        init_kwargs["address"] = address
+    else:
+        init_kwargs["include_dashboard"] = False
+        if ray_cfg and ray_cfg.num_cpus is not None:
+            init_kwargs["num_cpus"] = ray_cfg.num_cpus
+        if ray_cfg and ray_cfg.num_gpus is not None:
+            init_kwargs["num_gpus"] = ray_cfg.num_gpus
+        # Workers must import batray/actors/jobs from a checkout even when not pip-installed.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}}
+    init_kwargs.update(kwargs)
+    ray.init(**init_kwargs)
+    return ray
