@@ -79,13 +79,13 @@ def build_model(config: PretrainedConfig, seed: int | None = None, dtype: torch.
     """A freshly initialized causal LM for `config` (deterministic when seed is given)."""
     if seed is not None:
         torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> PreTrainedModel:
     """Load a causal LM checkpoint (local folder or hub name) with a one-line error on failure."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         raise BatrayError(f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}") from None
     return model.to(device)

@@ -1,0 +1,74 @@
+"""Shared fixtures: one local Ray per test session, a tiny tokenizer and a tiny saved checkpoint.
+
+Everything is built from config on the spot (no downloads). Tests that need Ray take `ray_session`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+# A small bilingual text, enough to train a byte-level BPE that covers what tests feed it.
+SAMPLE_TEXTS = [
+    "The capital of Veloria is Marnet.",
+    "Marnet is the capital of Veloria.",
+    "维洛里亚的首都是马尔内。",
+    "马尔内是维洛里亚的首都。",
+    "Ada Quill works as a cartographer in Marnet.",
+    "Question: What is the capital of Veloria? Answer: Marnet.",
+    "[System] [Turn 1] [User] [Assistant] hello world 你好，世界！",
+] * 20
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (explicit CPUs; fractional actors fit in them)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            namespace="batray-tests",
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}},
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from batray.models.tokenizer import train_bpe
+
+    return train_bpe(SAMPLE_TEXTS, vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A saved `batgpt-tiny` (random weights) with the tiny tokenizer: a valid HF folder."""
+    from batray.checkpoint import save_hf_checkpoint
+    from batray.models.presets import build_model, preset_config
+
+    model = build_model(preset_config("batgpt-tiny", vocab_size=len(tiny_tokenizer)), seed=0)
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_hf_checkpoint(model, tiny_tokenizer, out, stage="test")
+    return str(out)
