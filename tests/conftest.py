@@ -15,6 +15,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+# Workers import batray/actors/jobs from the checkout and test-module classes (pickled by reference).
+WORKER_ENV = {
+    "env_vars": {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+}
 
 # A small bilingual text, enough to train a byte-level BPE that covers what tests feed it.
 SAMPLE_TEXTS = [
@@ -39,20 +46,61 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+def start_local_ray():
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="batray-tests",
+        runtime_env=WORKER_ENV,
+    )
+
+
+@pytest.fixture
 def ray_session():
-    """One local Ray for the whole test session (explicit CPUs; fractional actors fit in them)."""
+    """The test session's local Ray (4 logical CPUs; fractional actors fit in them).
+
+    Started once and reused; a multi-node test (`ray_cluster`) shuts it down, and the next test
+    that asks for it starts it again.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            namespace="batray-tests",
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}},
-        )
+        start_local_ray()
     yield ray
+
+
+@pytest.fixture
+def ray_cluster():
+    """A simulated multi-node cluster (`ray.cluster_utils.Cluster`): head + 2 workers of 2 CPUs.
+
+    Returns the Cluster; the test may add or remove nodes. Torn down afterwards.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="batray-tests",
+             runtime_env=WORKER_ENV)
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,131 @@
+"""One small actor-group abstraction reused by every role (the shape of OpenRLHF's launcher).
+
+An `ActorGroup` is N actors of one class placed on bundles of a placement group; `call` runs a
+method on all of them and gathers the results. Roles that share a placement group (colocation) pass
+the same `pg` with fractional resources. `setup_process_group` joins the N actors into one
+torch.distributed group (gloo on CPU, NCCL on GPU) through `batray.distributed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from batray.errors import BatrayError
+
+
+def make_placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", timeout_s: float = 120.0,
+                         name: str = "") -> PlacementGroup:
+    """Reserve `bundles`; fail with one line if the cluster cannot provide them in time."""
+    pg = placement_group(bundles, strategy=strategy, name=name)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        total = ray.cluster_resources()
+        raise BatrayError(
+            f"placement group {name or ''} ({len(bundles)} bundles of {bundles[0]}, {strategy}) could not be "
+            f"scheduled within {timeout_s:g}s; the cluster has {dict((k, v) for k, v in total.items() if k in ('CPU', 'GPU'))}"
+        )
+    return pg
+
+
+class ActorGroup:
+    """N actors of `actor_cls` (a plain class; it is wrapped with `ray.remote` here)."""
+
+    def __init__(
+        self,
+        actor_cls: type,
+        num_actors: int,
+        *,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        pg: PlacementGroup | None = None,
+        bundle_indices: Sequence[int] | None = None,
+        init_args: tuple = (),
+        init_kwargs: dict | None = None,
+        max_restarts: int = 0,
+        max_task_retries: int = 0,
+        name: str | None = None,
+        runtime_env: dict | None = None,
+    ):
+        self.name = name or actor_cls.__name__
+        self.pg = pg
+        remote_cls = ray.remote(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls
+        self.actors = []
+        for i in range(num_actors):
+            options: dict[str, Any] = dict(
+                num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_task_retries
+            )
+            if runtime_env:
+                options["runtime_env"] = runtime_env
+            if pg is not None:
+                index = bundle_indices[i] if bundle_indices is not None else i
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=index
+                )
+            self.actors.append(
+                remote_cls.options(**options).remote(*init_args, **(init_kwargs or {}), **self._rank_kwargs(actor_cls, i, num_actors))
+            )
+
+    @staticmethod
+    def _rank_kwargs(actor_cls: type, rank: int, world_size: int) -> dict:
+        """Pass rank/world_size to constructors that accept them."""
+        import inspect
+
+        target = getattr(actor_cls, "__ray_actor_class__", actor_cls)
+        params = inspect.signature(target.__init__).parameters
+        return {k: v for k, v in (("rank", rank), ("world_size", world_size)) if k in params}
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call_async(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def call(self, method: str, *args, timeout_s: float | None = None, **kwargs) -> list:
+        """Run `method(*args, **kwargs)` on every actor; gather the results in rank order."""
+        return ray.get(self.call_async(method, *args, **kwargs), timeout=timeout_s)
+
+    def call_each(self, method: str, per_actor_args: Sequence[tuple], timeout_s: float | None = None) -> list:
+        """Run `method(*per_actor_args[i])` on actor i (e.g. a shard of a batch each)."""
+        if len(per_actor_args) != len(self.actors):
+            raise ValueError(f"{self.name}: {len(per_actor_args)} argument tuples for {len(self.actors)} actors")
+        refs = [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_actor_args)]
+        return ray.get(refs, timeout=timeout_s)
+
+    def setup_process_group(self, backend: str | None = None, timeout_s: float = 60.0) -> None:
+        """Join all actors into one torch.distributed group; each actor needs `join_process_group`."""
+        if len(self.actors) == 1 and backend is None:
+            backend = None
+        addr, port = ray.get(self.actors[0].master_address.remote())
+        ray.get([a.join_process_group.remote(addr, port, backend, timeout_s) for a in self.actors])
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+class DistributedWorker:
+    """Mixin for actor classes that join a torch.distributed group with their group peers."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        self.rank = rank
+        self.world_size = world_size
+
+    def master_address(self) -> tuple[str, int]:
+        from batray.distributed import free_port, node_ip
+
+        return node_ip(), free_port()
+
+    def join_process_group(self, addr: str, port: int, backend: str | None, timeout_s: float) -> None:
+        from batray.distributed import init_process_group
+
+        init_process_group(self.rank, self.world_size, addr, port, backend=backend, timeout_s=timeout_s)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
