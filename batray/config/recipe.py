@@ -139,25 +139,50 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     source = "defaults"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {source!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {source!r}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {source!r}: the top level must be a mapping of keys")
-        data = loaded
+        data = _read_yaml_with_base(Path(path), seen=())
     data = apply_overrides(data, overrides or [])
     try:
         return RecipeConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+
+
+def _read_yaml(p: Path) -> dict:
+    source = str(p)
+    if not p.is_file():
+        raise ConfigError(f"config file {source!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {source!r}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {source!r}: the top level must be a mapping of keys")
+    return loaded
+
+
+def _read_yaml_with_base(p: Path, seen: tuple[Path, ...]) -> dict:
+    """A file may start from another: `base: run.yaml` (relative to the file) is read first and the
+    file's own keys are merged over it, so per-stage recipes state only what differs."""
+    if p.resolve() in seen:
+        raise ConfigError(f"config file {str(p)!r}: `base` chain loops back to itself")
+    data = _read_yaml(p)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"base: expected a file path [in {p}]")
+    return deep_merge(_read_yaml_with_base(p.parent / base, seen + (p.resolve(),)), data)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def dump_config(cfg: RecipeConfig) -> str:
