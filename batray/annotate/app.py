@@ -1,0 +1,199 @@
+"""The annotation web app (the paper's Fig. 1): a FastAPI JSON API and the static page that uses it.
+
+Scripts authenticate with `Authorization: Bearer TOKEN`; the browser trades the token for an
+HttpOnly, SameSite=Strict session cookie (`POST /api/session`) with the same rights. Every request
+to /api without a valid token or session is refused with 401. Bad requests get a 4xx with a one-line
+`detail`. A label's 201 is sent only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from sqlalchemy import delete, select
+
+from batray.annotate.agreement import agreement_summary
+from batray.annotate.db import BrowserSession, Database, User, hash_token
+from batray.annotate.store import Conflict, NotFound, Store
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "batray_session"
+
+# The page loads only its own script and style: even if some text reached the DOM as HTML, an
+# injected <script> or inline handler (<img onerror=...>) would not run.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class StrictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelIn(StrictBody):
+    task_id: StrictInt
+    acceptable_left: StrictBool
+    acceptable_right: StrictBool
+    helpfulness: Literal["left_better", "right_better", "both_good", "both_bad"]
+    comment: str | None = Field(default=None, max_length=5000)
+
+
+class SkipIn(StrictBody):
+    task_id: StrictInt
+
+
+class LoginIn(StrictBody):
+    token: str = Field(min_length=1, max_length=200)
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+    is_admin: bool
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        if err.get("type") == "json_invalid":
+            return "the body is not valid JSON"
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(db: Database, lease_minutes: float = 30.0) -> FastAPI:
+    store = Store(db, lease_minutes=lease_minutes)
+    app = FastAPI(title="batray annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.db = db
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": f"malformed request: {_one_line(exc)}"}, status_code=422)
+
+    def annotator(request: Request) -> Annotator:
+        """The caller from a bearer token or a session cookie; 401 otherwise."""
+        auth = request.headers.get("authorization")
+        with db.read() as s:
+            if auth is not None:
+                scheme, _, token = auth.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise HTTPException(401, "Authorization header must be 'Bearer TOKEN'")
+                user = s.scalar(select(User).where(User.token_hash == hash_token(token.strip())))
+            elif (key := request.cookies.get(COOKIE)) is not None:
+                user = s.scalar(
+                    select(User).join(BrowserSession, BrowserSession.user_id == User.id)
+                    .where(BrowserSession.key_hash == hash_token(key))
+                )
+            else:
+                raise HTTPException(401, "not signed in: send 'Authorization: Bearer TOKEN' or sign in on the page")
+            if user is None:
+                raise HTTPException(401, "invalid token or expired session")
+            return Annotator(user.id, user.name, user.is_admin)
+
+    def admin(who: Annotator = Depends(annotator)) -> Annotator:
+        if not who.is_admin:
+            raise HTTPException(403, "admin only: create an admin token with `batray annotate add-user NAME --admin`")
+        return who
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.post("/api/session")
+    def login(body: LoginIn, request: Request, response: Response) -> dict:
+        key = secrets.token_urlsafe(32)
+        with db.write() as s, s.begin():
+            user = s.scalar(select(User).where(User.token_hash == hash_token(body.token.strip())))
+            if user is None:
+                raise HTTPException(401, "unknown token")
+            s.add(BrowserSession(key_hash=hash_token(key), user_id=user.id))
+            me = {"name": user.name, "admin": user.is_admin}
+        response.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                            max_age=30 * 24 * 3600, path="/")
+        return me
+
+    @app.delete("/api/session", status_code=204)
+    def logout(request: Request) -> Response:
+        if (key := request.cookies.get(COOKIE)) is not None:
+            with db.write() as s, s.begin():
+                s.execute(delete(BrowserSession).where(BrowserSession.key_hash == hash_token(key)))
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.get("/api/me")
+    def me(who: Annotator = Depends(annotator)) -> dict:
+        return {"name": who.name, "admin": who.is_admin}
+
+    @app.get("/api/next")
+    def next_task(who: Annotator = Depends(annotator)):
+        task = store.next_task(who.id)
+        return Response(status_code=204) if task is None else task
+
+    @app.post("/api/labels", status_code=201)
+    def post_label(body: LabelIn, who: Annotator = Depends(annotator)) -> dict:
+        try:
+            label_id = store.submit(who.id, body.task_id, body.acceptable_left, body.acceptable_right,
+                                    body.helpfulness, body.comment)
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        except Conflict as e:
+            raise HTTPException(409, str(e)) from None
+        return {"label_id": label_id, "task_id": body.task_id}
+
+    @app.delete("/api/labels/last")
+    def undo_last(who: Annotator = Depends(annotator)) -> dict:
+        try:
+            return store.undo_last(who.id)
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+
+    @app.post("/api/skip")
+    def skip(body: SkipIn, who: Annotator = Depends(annotator)) -> dict:
+        try:
+            store.skip(who.id, body.task_id)
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        except Conflict as e:
+            raise HTTPException(409, str(e)) from None
+        return {"skipped": body.task_id}
+
+    @app.get("/api/progress")
+    def progress(who: Annotator = Depends(annotator)) -> dict:
+        return store.progress(who.id)
+
+    @app.get("/api/admin/summary")
+    def admin_summary(_who: Annotator = Depends(admin)) -> dict:
+        return {**store.summary(), "agreement": agreement_summary(db)}
+
+    @app.get("/")
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/admin")
+    def admin_page() -> FileResponse:
+        return FileResponse(STATIC / "admin.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
