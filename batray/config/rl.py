@@ -56,10 +56,12 @@ class AnnotateConfig(Schema):
     """The human annotation web app (Fig. 1)."""
 
     db: str | None = Field(default=None, description="SQLAlchemy URL; null: SQLite in <run_dir>/annotate")
+    tasks: str | None = Field(default=None, description="pairs parquet/jsonl to annotate; null: <run_dir>/pairs")
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=1, le=65535)
     overlap: float = Field(default=0.1, ge=0, le=1, description="share of tasks given to two annotators")
-    seed: int = 0
+    lease_minutes: float = Field(default=30.0, gt=0, description="how long a handed-out task is held for its annotator")
+    seed: int = Field(default=0, description="fixes each task's left/right order and overlap draw")
 
 
 class PrefsConfig(Schema):
@@ -95,6 +97,35 @@ class RoleConfig(Schema):
     num_actors: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="placement-group strategy of the role's own group (colocate: false)"
+    )
+    max_restarts: int = Field(default=0, ge=0, description="Ray restarts of a dead actor of this role")
+
+
+class RewardRoleConfig(RoleConfig):
+    """The reward actor(s): a reward model (Eq. 3's R), or a rule reward for tests and demos."""
+
+    kind: Literal["model", "rule"] = "model"
+    rule: Literal["token_fraction"] = Field(
+        default="token_fraction", description="token_fraction: share of response tokens in target_text's tokens"
+    )
+    target_text: str | None = None
+    max_restarts: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _rule_has_target(self) -> "RewardRoleConfig":
+        if self.kind == "rule" and not self.target_text:
+            raise ValueError("kind rule (token_fraction) needs target_text")
+        return self
+
+
+class RolloutRoleConfig(RoleConfig):
+    """Rollout engines: vLLM on GPU (tensor parallel), transformers generate on CPU; one interface."""
+
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_restarts: int = Field(default=2, ge=0)
 
 
 class PpoConfig(Schema):
@@ -132,14 +163,25 @@ class PpoConfig(Schema):
     policy: RoleConfig = RoleConfig()
     critic: RoleConfig = RoleConfig()
     reference: RoleConfig = RoleConfig(num_cpus=0.5)
-    reward: RoleConfig = RoleConfig(num_cpus=0.5)
-    rollout: RoleConfig = RoleConfig(num_cpus=0.5)
-    sync_timeout_s: float = Field(default=120.0, gt=0)
+    reward: RewardRoleConfig = RewardRoleConfig(num_cpus=0.5)
+    rollout: RolloutRoleConfig = RolloutRoleConfig(num_cpus=0.5)
+    sync_timeout_s: float = Field(default=120.0, gt=0, description="weight sync and gradient all-reduce timeout")
+    sync_bucket_mb: float = Field(default=64.0, gt=0, description="weight-sync bucket size")
+    actor_timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one role's call")
     ckpt_every: int = Field(default=10, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
     log_every: int = Field(default=1, ge=1)
     prompts: str | None = None
+    prompt_format: Literal["chat", "raw"] = Field(default="chat", description="chat: BatGPT's template, one user turn")
+    max_prompt_tokens: int = Field(default=256, ge=2, description="longer prompts are skipped (counted)")
+    ptx_data: str | None = Field(default=None, description="pretraining corpus for lambda_ptx; null: the run's corpus")
+    ptx_seq_len: int = Field(default=64, ge=8)
+    ptx_bidirectional: bool = Field(default=True, description="Eq. 1: l2r and r2l samples; false: l2r only")
     policy_init: str | None = Field(default=None, description="null: the run's SFT model")
     reward_model: str | None = Field(default=None, description="null: the run's reward model")
+    critic_init: str | None = Field(
+        default=None, description="null: the reward model (InstructGPT), or policy_init with a fresh head for a rule reward"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -148,4 +190,11 @@ class PpoConfig(Schema):
             raise ValueError(
                 f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by num_minibatches ({self.num_minibatches})"
             )
+        for role in ("policy", "critic"):
+            ranks = getattr(self, role).num_actors
+            if self.rollout_batch_size % (ranks * self.num_minibatches):
+                raise ValueError(
+                    f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by {role}.num_actors x "
+                    f"num_minibatches ({ranks} x {self.num_minibatches})"
+                )
         return self
