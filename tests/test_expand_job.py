@@ -1,0 +1,40 @@
+"""`batray expand` as a user runs it: Ray tasks per output shard, report printed and saved, rerun skips,
+bad requests exit 2 with one line before Ray starts or anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from batray.cli import main as cli
+
+
+def test_expand_cli_on_ray(ray_session, tiny_checkpoint, tmp_path, capsys):
+    dst = tmp_path / "wide_deep"
+    argv = ["expand", tiny_checkpoint, str(dst), "--hidden-size", "128", "--num-heads", "8", "--num-kv-heads", "4",
+            "--num-layers", "8", "--max-shard-mb", "0.25", f"--run-dir={tmp_path / 'run'}"]
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "hidden_size 64->128" in out and "num_layers 4->8" in out and "logit deviation max" in out
+    report = json.loads((dst / "expansion.json").read_text())
+    assert report["shards"] > 2 and report["deviation"]["max_abs"] < 1e-4
+    # tokenizer files travel with the weights, so the folder is a complete HF checkpoint
+    assert (dst / "tokenizer.json").is_file() and (dst / "model.safetensors.index.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    assert model.config.num_hidden_layers == 8 and model.config.hidden_size == 128
+    mtime = (dst / "expansion.json").stat().st_mtime_ns
+    assert cli(argv) == 0  # the same request again: finished output is kept, not rewritten
+    assert (dst / "expansion.json").stat().st_mtime_ns == mtime
+
+
+def test_expand_cli_bad_request_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    dst = tmp_path / "never"
+    assert cli(["expand", tiny_checkpoint, str(dst), "--num-heads", "6", "--num-kv-heads", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "num_heads (6) must be divisible by num_kv_heads (4)" in err
+    assert not dst.exists() and not Path(str(dst) + ".tmp").exists()
+    assert cli(["expand", tiny_checkpoint, str(dst), "--method", "fpi", "--hidden-size", "32"]) == 2
+    assert "cannot shrink" in capsys.readouterr().err
