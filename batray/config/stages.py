@@ -51,7 +51,8 @@ class SftConfig(TrainConfig):
 class ExpandConfig(Schema):
     """Width (Eqs. 5-7) and depth (Alg. 1 stacking) expansion. Null sizes stay as they are."""
 
-    src: str | None = None
+    src: str | None = Field(default=None, description="null: the run's grow/final, else pretrain/final")
+    dst: str | None = Field(default=None, description="null: <run_dir>/expand/final")
     hidden_size: int | None = Field(default=None, ge=1)
     intermediate_size: int | None = Field(default=None, ge=1)
     num_heads: int | None = Field(default=None, ge=1)
@@ -61,7 +62,9 @@ class ExpandConfig(Schema):
     stack: Literal["copy", "zero"] = "zero"
     noise_std: float = Field(default=0.0, ge=0, description="exact method: cancelling noise on the copies")
     seed: int = 0
+    probe: bool = Field(default=True, description="measure the logit deviation (loads both models, one at a time)")
     probe_tokens: int = Field(default=64, ge=1)
+    max_shard_mb: float = Field(default=2048, gt=0, description="output shard size; each shard is one Ray task")
 
 
 class GrowConfig(Schema):
