@@ -16,6 +16,12 @@ class DemoDataConfig(Schema):
     num_countries: int = Field(default=24, ge=4)
     num_people: int = Field(default=24, ge=4)
     corpus_repeats: int = Field(default=4, ge=1, description="paraphrases of each fact in the corpus")
+    held_out_share: float = Field(
+        default=0.15, ge=0, le=0.5, description="share of facts stated in the corpus but never asked in sft/prompts"
+    )
+    unseen_share: float = Field(
+        default=0.1, ge=0, le=0.5, description="share of facts stated nowhere (hallucination probe)"
+    )
 
 
 class DataConfig(Schema):

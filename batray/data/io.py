@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,25 +56,40 @@ def _is_data(path: str) -> bool:
     return path.endswith((".jsonl", ".json", ".jsonl.gz", ".parquet"))
 
 
-def _read_file(fs: pafs.FileSystem, path: str) -> list[dict]:
+def _read_file(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every row of one file; unreadable lines come as rows with `__invalid__`."""
     if path.endswith(".parquet"):
-        with fs.open_input_file(path) as f:
-            return pq.read_table(f).to_pylist()
-    with fs.open_input_stream(path) as f:
-        raw = f.read()
-    if path.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    rows = []
-    for lineno, line in enumerate(io.StringIO(raw.decode("utf-8")), 1):
+        try:
+            with fs.open_input_file(path) as f:
+                table = pq.read_table(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        for i, row in enumerate(table.to_pylist()):
+            yield f"{path}:row {i}", row
+        return
+    # pyarrow decompresses by extension (.gz, .bz2, .zst ...); a corrupt archive fails on read.
+    try:
+        with fs.open_input_stream(path) as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read or decompress ({e})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+        raw = raw[3:]
+    for lineno, bline in enumerate(raw.split(b"\n"), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = bline.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            yield where, {"__invalid__": "invalid UTF-8", "__line__": bline.decode("utf-8", "replace")}
+            continue
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            rows.append({"__invalid__": f"{path}:{lineno}: invalid JSON ({e.msg})", "__line__": line.rstrip("\n")})
+            yield where, {"__invalid__": f"invalid JSON ({e.msg})", "__line__": line}
             continue
-        rows.append(obj if isinstance(obj, dict) else {"__invalid__": f"{path}:{lineno}: not a JSON object", "__line__": line})
-    return rows
+        yield where, (obj if isinstance(obj, dict) else {"__invalid__": "not a JSON object", "__line__": line})
 
 
 @dataclass
@@ -101,17 +115,19 @@ class RejectReport:
 
 def read_rows(uri: str, contract: str) -> tuple[list[dict], RejectReport]:
     """Read all rows of `uri` (a file or folder) and validate them against `contract`."""
+    if contract not in VALIDATORS:
+        raise DataError(f"unknown data contract {contract!r}; one of {sorted(VALIDATORS)}")
     check = VALIDATORS[contract]
     rows: list[dict] = []
     report = RejectReport()
     for fs, path in _data_files(uri):
-        for row in _read_file(fs, path):
+        for where, row in _read_file(fs, path):
             report.total += 1
             reason = row.get("__invalid__") or check(row)
             if reason is None:
                 rows.append(row)
             else:
-                report.rejected.append({"reason": reason, "row": row.get("__line__", row)})
+                report.rejected.append({"reason": reason, "where": where, "row": row.get("__line__", row)})
     return rows, report
 
 

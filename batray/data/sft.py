@@ -60,6 +60,8 @@ def chat_pieces(messages: list[dict]) -> list[tuple[str, bool]]:
             pieces.append((prefix, False))
             pieces.append((f"{m['content']}\n\n{EOP_TOKEN}", True))
             prefix = ""
+    if prefix:  # a conversation ending with the user (a generation prompt) ends with "[Assistant] "
+        pieces.append((prefix, False))
     return pieces
 
 
@@ -76,6 +78,8 @@ def build_sft_sample(tokenizer, messages: list[dict], max_len: int, loss_on: str
     Truncation drops the oldest user/assistant turns (keeping the system message); it never cuts the
     response. A response that cannot fit raises `SampleError`.
     """
+    if loss_on not in ("last", "all"):
+        raise ValueError(f"loss_on must be 'last' or 'all', not {loss_on!r}")
     system = messages[:1] if messages[0]["role"] == "system" else []
     turns = messages[len(system):]
     dropped = 0
