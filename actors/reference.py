@@ -1,0 +1,21 @@
+"""The frozen reference policy pi_inst of Eq. 4 (the SFT model): log-probabilities only."""
+
+from __future__ import annotations
+
+import torch
+
+from batray.models.presets import load_causal_lm
+from batray.ppo import train
+
+
+class ReferenceActor:
+    def __init__(self, model_path: str, micro_batch_size: int = 8):
+        train.quiet_model_loading()
+        self.model = load_causal_lm(model_path).eval().requires_grad_(False)
+        self.micro_batch_size = micro_batch_size
+
+    def ready(self) -> bool:
+        return True
+
+    def logprobs(self, batch: dict) -> torch.Tensor:
+        return train.response_logprobs(self.model, batch, self.micro_batch_size)

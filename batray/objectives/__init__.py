@@ -1,0 +1,1 @@
+"""Training objectives: every paper equation as a pure torch function."""

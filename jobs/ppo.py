@@ -1,0 +1,499 @@
+"""`batray ppo`: PPO with a KL penalty and a pretraining term (§3.3, Eq. 4) on Ray actors.
+
+    batray ppo --config FILE [--run-dir DIR] [ppo.steps=40 ...]
+
+Roles (DESIGN.md §5), each an `ActorGroup`: policy (N trainer ranks in one torch.distributed group),
+critic (same), reference (frozen pi_inst), reward (reward model or rule) and rollout engines. With
+`ppo.colocate` every role shares the bundles of one placement group with fractional resources;
+otherwise each role gets its own placement group (`ppo.<role>.strategy`).
+
+One PPO step, as the driver runs it (all math is in `batray.objectives.ppo` / `batray.ppo`):
+
+    prompts  -> rollout engines generate (seeded by step)                        [generate]
+             -> reward actors score prompt + response                            [score]
+             -> policy old log-probs | reference log-probs | critic values        [experience]
+             -> shaped rewards, GAE, whitening (driver, whole batch)
+             -> policy update (Eq. 4: PPO + lambda_ptx Eq. 1) | critic update     [train]
+             -> policy weights -> rollout engines, bucketed, with a timeout       [sync]
+
+Reliability: a checkpoint every `ckpt_every` steps (policy, critic, optimizers, RNG, KL controller,
+prompt and ptx positions); a rerun resumes from the latest one and, with a fixed seed on CPU,
+continues exactly as an uninterrupted run. A rollout engine or reward actor that dies is restarted by
+Ray (`max_restarts`), re-synced, and the step's generation or scoring is redone from the same prompts
+and seeds, so no sample is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from batray.checkpoint import is_complete
+from batray.config import RecipeConfig, join_uri
+from batray.config.rl import PpoConfig, RoleConfig
+from batray.errors import BatrayError
+from batray.metrics import MetricsLogger
+from batray.models.tokenizer import load_tokenizer
+from batray.objectives.ppo import make_kl_controller
+from batray.ppo import state
+from batray.ppo.batch import Sample, collate, select, shard, split_rows
+from batray.ppo.data import PromptStream, PtxStream
+from batray.ppo.experience import make_experience
+from batray.ppo.train import num_update_steps
+from batray.rollout.engine import SamplingParams
+from jobs.common import init_ray, resolve, setup_logging, stage_parser
+
+log = logging.getLogger("batray.ppo")
+
+ROLES = ("policy", "critic", "reference", "reward", "rollout")
+
+
+# ---- placement --------------------------------------------------------------------------------
+
+
+class PpoRoles:
+    """The five actor groups of a PPO run, on one shared or five separate placement groups."""
+
+    def __init__(self, ppo: PpoConfig, *, policy_path: str, critic_path: str, reference_path: str,
+                 reward_path: str, rollout_path: str, seed: int):
+        from actors.critic import CriticActor
+        from actors.group import ActorGroup, make_placement_group
+        from actors.policy import PolicyActor
+        from actors.reference import ReferenceActor
+        from actors.reward import RewardActor
+        from actors.rollout import RolloutActor
+
+        self.ppo = ppo
+        self.pgs = []
+        specs = {
+            "policy": (PolicyActor, (policy_path, ppo, seed), {}),
+            "critic": (CriticActor, (critic_path, ppo, seed), {}),
+            "reference": (ReferenceActor, (reference_path, ppo.micro_batch_size), {}),
+            "reward": (RewardActor, (ppo.reward.kind, reward_path),
+                       {"target_text": ppo.reward.target_text, "micro_batch_size": ppo.micro_batch_size}),
+            "rollout": (RolloutActor, (rollout_path,), rollout_kwargs(ppo)),
+        }
+        placement = self._colocated(make_placement_group) if ppo.colocate else self._separate(make_placement_group)
+        self.groups = {}
+        for role in ROLES:
+            cls, args, kwargs = specs[role]
+            cfg: RoleConfig = getattr(ppo, role)
+            pg, bundles, cpus, gpus = placement[role]
+            # Rollout engines are re-synced before a redo, so Ray must not silently retry their calls;
+            # scoring is stateless, so Ray may retry it on the restarted reward actor.
+            retries = cfg.max_restarts if role == "reward" else 0
+            self.groups[role] = ActorGroup(
+                cls, cfg.num_actors, num_cpus=cpus, num_gpus=gpus, pg=pg, bundle_indices=bundles,
+                init_args=args, init_kwargs=kwargs, max_restarts=cfg.max_restarts, max_task_retries=retries,
+                name=f"ppo-{role}",
+            )
+
+    def _colocated(self, make_pg) -> dict:
+        """One group of max(num_actors) bundles sized by the largest role; the five roles on a bundle
+        split it evenly (fractional CPUs/GPUs; on GPU vLLM sleeps while the trainers run)."""
+        roles = {r: getattr(self.ppo, r) for r in ROLES}
+        n = max(c.num_actors for c in roles.values())
+        cpu = max(c.num_cpus for c in roles.values())
+        gpu = max(c.num_gpus for c in roles.values())
+        bundle = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
+        pg = make_pg([dict(bundle) for _ in range(n)], strategy="PACK", name="ppo-colocated")
+        self.pgs.append(pg)
+        share = 1.0 / len(ROLES)
+        return {r: (pg, list(range(c.num_actors)), cpu * share, gpu * share) for r, c in roles.items()}
+
+    def _separate(self, make_pg) -> dict:
+        out = {}
+        for r in ROLES:
+            c = getattr(self.ppo, r)
+            bundle = {"CPU": c.num_cpus, **({"GPU": c.num_gpus} if c.num_gpus else {})}
+            pg = make_pg([dict(bundle) for _ in range(c.num_actors)], strategy=c.strategy, name=f"ppo-{r}")
+            self.pgs.append(pg)
+            out[r] = (pg, list(range(c.num_actors)), c.num_cpus, c.num_gpus)
+        return out
+
+    def __getitem__(self, role: str):
+        return self.groups[role]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import ray
+
+        refs = [a.ready.remote() for g in self.groups.values() for a in g.actors]
+        ray.get(refs, timeout=timeout_s)
+
+    def node_ids(self) -> dict[str, list[str]]:
+        """Node of every actor, per role (for placement checks)."""
+        import ray
+
+        def node(_self):
+            return ray.get_runtime_context().get_node_id()
+
+        return {r: ray.get([a.__ray_call__.remote(node) for a in g.actors]) for r, g in self.groups.items()}
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for g in self.groups.values():
+            g.kill()
+        for pg in self.pgs:
+            remove_placement_group(pg)
+
+
+def rollout_kwargs(ppo: PpoConfig) -> dict:
+    return {"backend": ppo.rollout.backend, "tensor_parallel_size": ppo.rollout.tensor_parallel_size}
+
+
+# ---- weight sync and fault-tolerant calls ----------------------------------------------------
+
+
+def _sync_tag(engine, tag=None):
+    """Set (tag given) or read the weight-sync tag stored on a rollout engine actor."""
+    if tag is not None:
+        engine._batray_synced_step = tag
+    return getattr(engine, "_batray_synced_step", None)
+
+
+class Driver:
+    """The PPO control loop's state and the calls it makes to the roles."""
+
+    def __init__(self, cfg: RecipeConfig, roles: PpoRoles, prompts: PromptStream, ptx: PtxStream | None,
+                 kl_ctl, pad_id: int, reward_stats: tuple[float, float]):
+        self.cfg, self.ppo = cfg, cfg.ppo
+        self.roles, self.prompts, self.ptx, self.kl_ctl = roles, prompts, ptx, kl_ctl
+        self.pad_id = pad_id
+        self.reward_mean, self.reward_std = reward_stats
+        self.synced_tag: int | None = None
+        self.recoveries = 0
+
+    # -- sync ----------------------------------------------------------------------------------
+    def sync_weights(self, tag: int) -> None:
+        """Policy rank 0 -> every rollout engine, bucket by bucket through the object store."""
+        import ray
+
+        engines = self.roles["rollout"].actors
+        try:
+            buckets = ray.get(self.roles["policy"].actors[0].weight_buckets.remote(), timeout=self.ppo.sync_timeout_s)
+            loads = [e.load_weights.remote(b) for b in buckets for e in engines]
+            ray.get(loads, timeout=self.ppo.sync_timeout_s)
+            ray.get([e.__ray_call__.remote(_sync_tag, tag) for e in engines], timeout=self.ppo.sync_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise BatrayError(
+                f"weight sync policy -> {len(engines)} rollout engine(s) did not finish within "
+                f"{self.ppo.sync_timeout_s:g}s (ppo.sync_timeout_s)"
+            ) from None
+        self.synced_tag = tag
+
+    def _engines_in_sync(self) -> bool:
+        import ray
+
+        tags = ray.get([e.__ray_call__.remote(_sync_tag) for e in self.roles["rollout"].actors],
+                       timeout=self.ppo.actor_timeout_s)
+        return all(t == self.synced_tag for t in tags)
+
+    def _recover(self, role: str, err: Exception, attempt: int) -> None:
+        """Wait for Ray to restart the role's actors, then re-sync rollout engines."""
+        import ray
+
+        limit = getattr(self.ppo, role).max_restarts
+        if attempt >= limit:
+            raise BatrayError(f"{role} actor failed {attempt + 1} times (max_restarts={limit}): {_first_line(err)}") from None
+        self.recoveries += 1
+        log.warning("%s actor lost (%s); waiting for its restart, then redoing this step's %s",
+                    role, _first_line(err), "generation" if role == "rollout" else "scoring")
+        deadline = time.monotonic() + self.ppo.actor_timeout_s
+        for a in self.roles[role].actors:
+            while True:  # a call to a restarting actor fails fast; ask again until it is back
+                try:
+                    ray.get(a.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except ray.exceptions.RayActorError:
+                    if time.monotonic() > deadline:
+                        raise BatrayError(f"{role} actor did not come back within {self.ppo.actor_timeout_s:g}s") from None
+                    time.sleep(0.2)  # polling Ray's restart; no test synchronizes on this
+        if role == "rollout":
+            self.sync_weights(self.synced_tag if self.synced_tag is not None else 0)
+
+    # -- the phases ----------------------------------------------------------------------------
+    def generate(self, batch_prompts: list[tuple[int, list[int]]], step: int) -> list[Sample]:
+        import ray
+
+        engines = self.roles["rollout"].actors
+        s = self.ppo.sampling
+        parts = split_rows(len(batch_prompts), len(engines))
+        attempt = 0
+        while True:
+            try:
+                refs = []
+                for k, (engine, rows) in enumerate(zip(engines, parts)):
+                    params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                            seed=_seed(self.ppo.seed, step, k))
+                    refs.append(engine.generate.remote([ids for _, ids in batch_prompts[rows]], params))
+                results = ray.get(refs, timeout=self.ppo.actor_timeout_s)
+                if not self._engines_in_sync():  # restarted after the sync: generated with stale weights
+                    raise ray.exceptions.RayActorError()
+                break
+            except ray.exceptions.RayActorError as e:
+                self._recover("rollout", e, attempt)
+                attempt += 1
+        samples = []
+        for rows, completions in zip(parts, results):
+            for (index, _), c in zip(batch_prompts[rows], completions):
+                samples.append(Sample(c.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, index))
+        return samples
+
+    def score(self, samples: list[Sample]) -> torch.Tensor:
+        import ray
+
+        actors = self.roles["reward"].actors
+        parts = split_rows(len(samples), len(actors))
+        attempt = 0
+        while True:
+            try:
+                refs = [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
+                        for a, r in zip(actors, parts)]
+                scores = [x for part in ray.get(refs, timeout=self.ppo.actor_timeout_s) for x in part]
+                return torch.tensor(scores, dtype=torch.float32)
+            except ray.exceptions.RayActorError as e:
+                self._recover("reward", e, attempt)
+                attempt += 1
+
+    def experience_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Old log-probs (policy ranks), reference log-probs and values, all in flight at once."""
+        import ray
+
+        n = batch["input_ids"].shape[0]
+
+        def launch(group, method):
+            parts = split_rows(n, len(group))
+            return [getattr(a, method).remote(select(batch, p)) for a, p in zip(group.actors, parts) if p.stop > p.start]
+
+        refs = [launch(self.roles["policy"], "logprobs"), launch(self.roles["reference"], "logprobs"),
+                launch(self.roles["critic"], "values")]
+        flat = ray.get([r for group in refs for r in group], timeout=self.ppo.actor_timeout_s)
+        out, i = [], 0
+        for group in refs:
+            out.append(torch.cat(flat[i : i + len(group)]))
+            i += len(group)
+        return out[0], out[1], out[2]
+
+    def train(self, experience: dict, step: int) -> tuple[dict, dict]:
+        import ray
+
+        policy, critic = self.roles["policy"], self.roles["critic"]
+        seed = _seed(self.ppo.seed, step, 0xC0FFEE)
+        ptx = None
+        if self.ptx is not None and self.ppo.ptx_coef > 0:
+            k = num_update_steps(self.ppo)
+            ptx = [[self.ptx.next_blocks(self.ppo.ptx_batch_size) for _ in range(k)] for _ in range(len(policy))]
+        p_refs = [a.train.remote(s, ptx[r] if ptx else None, seed)
+                  for r, (a, s) in enumerate(zip(policy.actors, shard(experience, len(policy))))]
+        c_refs = [a.train.remote(s, seed) for a, s in zip(critic.actors, shard(experience, len(critic)))]
+        p_stats = ray.get(p_refs, timeout=self.ppo.actor_timeout_s)
+        c_stats = ray.get(c_refs, timeout=self.ppo.actor_timeout_s)
+        return _mean_rows(p_stats), _mean_rows(c_stats)
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self, step: int) -> dict[str, float]:
+        times = {}
+        t = time.perf_counter()
+        prompts = self.prompts.next_batch(self.ppo.rollout_batch_size)
+        samples = self.generate(prompts, step)
+        times["generate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        raw_scores = self.score(samples)
+        times["score"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        batch = collate(samples, self.pad_id)
+        old_logprobs, ref_logprobs, values = self.experience_forward(batch)
+        kl_coef = self.kl_ctl.value
+        experience, stats = make_experience(
+            batch, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values, raw_scores=raw_scores,
+            reward_mean=self.reward_mean, reward_std=self.reward_std, kl_coef=kl_coef, cfg=self.ppo,
+        )
+        times["experience"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        policy_stats, critic_stats = self.train(experience, step)
+        times["train"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        self.sync_weights(step)
+        times["sync"] = time.perf_counter() - t
+
+        self.kl_ctl.update(stats["kl"], len(samples))
+        gen_tokens = float(batch["response_mask"].sum())
+        train_tokens = float(batch["attention_mask"].sum()) * self.ppo.ppo_epochs
+        row = {**stats, **policy_stats, **critic_stats}
+        row.update({f"time_{k}": v for k, v in times.items()})
+        row["time_step"] = sum(times.values())
+        row["generate_tokens_per_s"] = gen_tokens / max(times["generate"], 1e-9)
+        row["train_tokens_per_s"] = train_tokens / max(times["train"], 1e-9)
+        row["samples"] = float(len(samples))
+        row["actor_recoveries"] = float(self.recoveries)
+        return row
+
+    def state_dict(self, step: int) -> dict:
+        return {
+            "step": step,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "prompts": self.prompts.state_dict(),
+            "ptx": self.ptx.state_dict() if self.ptx is not None else None,
+            "config_hash": self.cfg.digest(),
+        }
+
+    def save_checkpoint(self, root: Path, step: int) -> Path:
+        import ray
+
+        tmp = state.begin_checkpoint(root, step)
+        refs = self.roles["policy"].call_async("save_checkpoint", str(tmp / "policy"))
+        refs += self.roles["critic"].call_async("save_checkpoint", str(tmp / "critic"))
+        ray.get(refs, timeout=self.ppo.actor_timeout_s)
+        return state.commit_checkpoint(root, step, tmp, self.state_dict(step), self.ppo.keep_checkpoints)
+
+
+def _seed(base: int, step: int, k: int) -> int:
+    return (base * 1_000_003 + step * 10_007 + k) % (2**31 - 1)
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def default_inputs(cfg: RecipeConfig) -> dict[str, str | None]:
+    """Where a run's PPO inputs are when the config leaves them null (the pipeline passes them explicitly)."""
+    ppo, run = cfg.ppo, cfg.run_dir
+    return {
+        "policy_init": ppo.policy_init or join_uri(run, "sft", "final"),
+        "reward_model": None if ppo.reward.kind == "rule" else (ppo.reward_model or join_uri(run, "reward", "final")),
+        "prompts": ppo.prompts or cfg.data.prompts or join_uri(run, "data", "prompts.jsonl"),
+        "ptx_data": ppo.ptx_data or cfg.data.corpus or join_uri(run, "data", "corpus.jsonl"),
+    }
+
+
+def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: str | None, prompts: str,
+            ptx_data: str | None = None, on_step=None) -> str:
+    """Run (or resume, or skip when finished) PPO into `out_dir`; returns `out_dir/final`.
+
+    `on_step(step, roles)` is called after each completed step (tests use it to kill actors or to
+    interrupt the run).
+    """
+    import ray
+
+    ppo = cfg.ppo
+    out = Path(out_dir)
+    final = out / "final"
+    if is_complete(final):
+        log.info("ppo: %s is complete; skipping", final)
+        return str(final)
+    if ppo.reward.kind == "model" and not reward_model:
+        raise BatrayError("ppo: reward.kind is model but no reward model was given (ppo.reward_model)")
+    if ppo.ptx_coef > 0 and not ptx_data:
+        raise BatrayError("ppo: ptx_coef > 0 needs a pretraining corpus (ppo.ptx_data)")
+    for what, path in (("policy_init", policy_init), ("reward_model", reward_model)):
+        if path and "://" not in path and not Path(path).is_dir():
+            raise BatrayError(f"ppo: {what} {path!r} is not a checkpoint folder")
+
+    ckpt_root = out / "ckpt"
+    resume = state.latest_checkpoint(ckpt_root)
+    tokenizer = load_tokenizer(policy_init)
+    prompt_stream = PromptStream.from_file(prompts, tokenizer, seed=ppo.seed, max_prompt_tokens=ppo.max_prompt_tokens,
+                                           fmt=ppo.prompt_format)
+    ptx_stream = None
+    if ppo.ptx_coef > 0:
+        ptx_stream = PtxStream.from_file(ptx_data, tokenizer, seed=ppo.seed, block_len=ppo.ptx_seq_len,
+                                         bidirectional=ppo.ptx_bidirectional)
+    kl_ctl = make_kl_controller("adaptive" if ppo.adaptive_kl else "fixed", ppo.kl_coef, ppo.kl_target, ppo.kl_horizon)
+    critic_init = ppo.critic_init or reward_model or policy_init
+    start = 0
+    policy_path, critic_path = policy_init, critic_init
+    if resume is not None:
+        saved = state.read_state(resume)
+        if saved.get("config_hash") != cfg.digest():
+            log.warning("ppo: resuming %s written with a different config (hash %s, now %s)",
+                        resume, saved.get("config_hash"), cfg.digest())
+        start = int(saved["step"])
+        kl_ctl.load_state_dict(saved["kl_controller"])
+        prompt_stream.load_state_dict(saved["prompts"])
+        if ptx_stream is not None and saved.get("ptx"):
+            ptx_stream.load_state_dict(saved["ptx"])
+        policy_path, critic_path = str(resume / "policy"), str(resume / "critic")
+        log.info("ppo: resuming from %s (step %d)", resume, start)
+
+    out.mkdir(parents=True, exist_ok=True)
+    roles = PpoRoles(ppo, policy_path=policy_path, critic_path=critic_path, reference_path=policy_init,
+                     reward_path=reward_model or policy_init, rollout_path=policy_init, seed=ppo.seed)
+    metrics = None
+    try:
+        roles.wait_ready(ppo.actor_timeout_s)
+        for role in ("policy", "critic"):
+            roles[role].setup_process_group(backend="gloo" if not torch.cuda.is_available() else None,
+                                            timeout_s=ppo.sync_timeout_s)
+            if resume is not None:
+                roles[role].call("load_checkpoint", str(resume / role), timeout_s=ppo.actor_timeout_s)
+        reward_stats = ray.get(roles["reward"].actors[0].stats.remote(), timeout=ppo.actor_timeout_s)
+        driver = Driver(cfg, roles, prompt_stream, ptx_stream, kl_ctl, tokenizer.pad_token_id, reward_stats)
+        driver.sync_weights(start)
+        metrics = MetricsLogger(out, resume_step=start + 1 if resume is not None else None)
+        run_start = time.perf_counter()
+        for step in range(start + 1, ppo.steps + 1):
+            try:
+                row = driver.step(step)
+            except (ray.exceptions.OutOfMemoryError, torch.OutOfMemoryError) as e:
+                raise BatrayError(_failure(f"step {step}: out of memory ({_first_line(e)})", ckpt_root)) from None
+            except ray.exceptions.RayTaskError as e:
+                if "OutOfMemory" in str(e):
+                    raise BatrayError(_failure(f"step {step}: out of memory ({_first_line(e)})", ckpt_root)) from None
+                raise
+            except BatrayError as e:
+                raise BatrayError(_failure(f"step {step}: {e}", ckpt_root)) from None
+            metrics.log(step, **row)
+            if step % ppo.log_every == 0 or step == ppo.steps:
+                elapsed = time.perf_counter() - run_start
+                log.info("ppo step %d/%d  reward %.3f  kl %.4f  value_loss %.4f  %.1fs/step  (%.0fs)",
+                         step, ppo.steps, row["reward"], row["kl"], row["value_loss"], row["time_step"], elapsed)
+            if step % ppo.ckpt_every == 0 or step == ppo.steps:
+                driver.save_checkpoint(ckpt_root, step)
+            if on_step is not None:
+                on_step(step, roles)
+        ray.get(roles["policy"].actors[0].save_final.remote(
+            str(final), step=ppo.steps, parent=policy_init, config_hash=cfg.digest(),
+            extra={"reward_model": reward_model, "prompts": prompts},
+        ), timeout=ppo.actor_timeout_s)
+    finally:
+        if metrics is not None:
+            metrics.close()
+        roles.shutdown()
+    return str(final)
+
+
+def _failure(message: str, ckpt_root: Path) -> str:
+    last = state.latest_checkpoint(ckpt_root)
+    where = f"the last checkpoint {last} is intact; rerun to resume from it" if last else "no checkpoint was written yet"
+    return f"{message}; {where}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("ppo", "PPO with KL penalty and pretraining loss (Eq. 4) on Ray actors").parse_args(argv)
+    cfg = resolve(args)
+    setup_logging()
+    inputs = default_inputs(cfg)
+    init_ray(cfg)
+    final = run_ppo(cfg, cfg.stage_dir("ppo"), policy_init=inputs["policy_init"], reward_model=inputs["reward_model"],
+                    prompts=inputs["prompts"], ptx_data=inputs["ptx_data"] if cfg.ppo.ptx_coef > 0 else None)
+    print(final)
+    return 0
+
+
+__all__ = ["PpoRoles", "Driver", "default_inputs", "run_ppo", "main"]
