@@ -24,7 +24,9 @@ class PairsConfig(Schema):
     model_b: str | None = Field(
         default=None, description="null: model_a sampled twice; a checkpoint path; or an http(s) endpoint URL"
     )
+    model_b_name: str | None = Field(default=None, description="model id at a model_b endpoint; null: its first model")
     num_engines: int = Field(default=1, ge=1)
+    engine_cpus: float = Field(default=1.0, gt=0)
     sampling: SamplingConfig = SamplingConfig()
     seed: int = 0
 
@@ -35,9 +37,13 @@ class EndpointConfig(Schema):
     url: str
     model: str
     api_key_env: str | None = "OPENAI_API_KEY"
-    concurrency: int = Field(default=8, ge=1)
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=5, ge=0)
+    concurrency: int = Field(default=8, ge=1, description="requests in flight to this endpoint, all labelers together")
+    timeout_s: float = Field(default=60.0, gt=0, description="per request")
+    max_retries: int = Field(default=5, ge=0, description="on 429, 5xx, timeouts, connection errors, malformed bodies")
+    backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles per attempt (Retry-After wins)")
+    max_backoff_s: float = Field(default=20.0, ge=0)
+    top_logprobs: int = Field(default=20, ge=0, le=20, description="0: never ask for logprobs, parse the text")
+    max_answer_tokens: int = Field(default=8, ge=1)
 
 
 class LabelConfig(Schema):
@@ -48,8 +54,11 @@ class LabelConfig(Schema):
     both_orders: bool = True
     on_order_disagreement: Literal["tie", "lower_confidence"] = "tie"
     templates: str | None = Field(default=None, description="folder overriding the judge templates")
-    max_requests: int | None = Field(default=None, ge=1, description="budget: requests in all")
+    max_requests: int | None = Field(default=None, ge=1, description="budget: requests in all, per run and endpoint")
     num_labelers: int = Field(default=1, ge=1)
+    labeler_cpus: float = Field(default=0.25, gt=0, description="labelers wait on the network; a fraction of a CPU")
+    chunk_size: int = Field(default=128, ge=1, description="pairs per labeler call; output is saved after each")
+    pairs: str | None = Field(default=None, description="pairs parquet/jsonl; null: <run_dir>/pairs/pairs.parquet")
 
 
 class AnnotateConfig(Schema):
@@ -70,7 +79,10 @@ class PrefsConfig(Schema):
     unacceptable_loses: bool = Field(default=True, description="an unacceptable response loses to an acceptable one")
     human_overrides_ai: bool = True
     min_confidence: float = Field(default=0.0, ge=0, le=1, description="AI labels below this are dropped (counted)")
-    human_labels: str | None = Field(default=None, description="exported human.parquet; null: <run_dir>/annotate")
+    human_labels: str | None = Field(
+        default=None, description="exported human labels; null: <run_dir>/annotate/human.parquet when it exists"
+    )
+    ai_labels: str | None = Field(default=None, description="AI labels; null: <run_dir>/label/ai.parquet when it exists")
 
 
 class RewardConfig(TrainConfig):

@@ -30,7 +30,12 @@ class ServeConfig(Schema):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    api_key_env: str | None = Field(default=None, description="env var holding the API key; null: no key")
+    api_key_env: str | None = Field(
+        default="BATRAY_API_KEY", description="env var holding the API key (unset or empty: no key); --api-key wins"
+    )
     backend: Literal["auto", "hf", "vllm"] = "auto"
+    device: str = Field(default="auto", description="hf backend: cpu, cuda, cuda:1; auto: cuda when available")
+    model_name: str | None = Field(default=None, description="the model id clients pass; null: the folder name")
     max_batch_size: int = Field(default=8, ge=1)
     batch_wait_ms: float = Field(default=5.0, ge=0)
+    default_max_tokens: int = Field(default=256, ge=1, description="when a request sets no max_tokens")
