@@ -275,3 +275,31 @@ def test_chat_template_equals_chat_pieces(tiny_tokenizer, messages):
     assert rendered.startswith("<|l2r|>")
     if messages[-1]["role"] == "user":
         assert rendered.endswith("[Assistant] ")
+
+
+def test_special_tokens_are_single_ids_and_survive_save_and_load(tiny_tokenizer, tmp_path):
+    from batray.models.tokenizer import SPECIAL_TOKENS, load_tokenizer
+
+    for tok in SPECIAL_TOKENS:
+        assert len(tiny_tokenizer(f"a{tok}b", add_special_tokens=False)["input_ids"]) == 3, tok
+    tiny_tokenizer.save_pretrained(str(tmp_path))
+    again = load_tokenizer(str(tmp_path))
+    text = tiny_tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert again.apply_chat_template(CONVERSATION, tokenize=False) == text
+    assert again(text, add_special_tokens=False)["input_ids"] == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_ray_dataset_streams_jsonl_gz(ray_session, tmp_path):
+    """Ray Data reads the same gzipped JSONL as read_rows (one dataset: Ray Data jobs are slow to start)."""
+    from batray.data.io import ray_dataset
+
+    rows = [{"text": f"row {i} 第{i}行"} for i in range(20)]
+    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "a.jsonl.gz").write_bytes(gzip.compress(blob))
+    assert read_rows(str(tmp_path / "j"), "corpus")[0] == rows
+    got = sorted(ray_dataset(str(tmp_path / "j")).take_all(), key=lambda r: int(r["text"].split()[1]))
+    assert [r["text"] for r in got] == [r["text"] for r in rows]
+    write_parquet(rows, str(tmp_path / "j" / "b.parquet"))
+    with pytest.raises(DataError, match="mix"):
+        ray_dataset(str(tmp_path / "j"))

@@ -288,3 +288,26 @@ def test_cli_demo_and_validate(tmp_path, capsys):
 
     assert main(["data", "demo", str(out), "num_countries=1"]) == 2  # one-line config error
     assert "data.demo.num_countries" in capsys.readouterr().err
+
+
+def test_question_id_finds_the_fact_a_prompt_asks(demo, world):
+    """A judge that sees only the prompt text can still check the answers to it."""
+    for name in ("prompts", "hallucination"):
+        rows, _ = read_rows(demo[name], "prompts")
+        assert all(world.question_id(r["prompt"]) == r["fact_id"] for r in rows)
+    country = world.of_type("country")[0]
+    assert world.question_id(f"  what is the capital of {country.en.upper()}?") == f"capital:{country.id}"
+    assert world.question_id("What is the capital of Atlantis?") is None
+    assert world.question_id("Tell me a joke.") is None
+
+
+def test_ensure_demo_reuses_matching_output(tmp_path):
+    from batray.data.demo import ensure_demo
+
+    first = generate_demo(str(tmp_path), SMALL)
+    corpus = Path(first["corpus"])
+    corpus.write_text('{"text": "marker"}\n', encoding="utf-8")  # would be overwritten by a regeneration
+    assert ensure_demo(str(tmp_path), SMALL) == first
+    assert corpus.read_text(encoding="utf-8") == '{"text": "marker"}\n'
+    assert ensure_demo(str(tmp_path), SMALL.model_copy(update={"seed": 99})) == first
+    assert "marker" not in corpus.read_text(encoding="utf-8")

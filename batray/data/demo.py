@@ -46,7 +46,7 @@ from batray.data.demo_text import (
 from batray.data.io import filesystem
 from batray.data.world import Entity, Fact, World, normalize
 
-__all__ = ["generate_demo", "build_world", "World"]
+__all__ = ["generate_demo", "ensure_demo", "build_world", "World"]
 
 LANGS = ("en", "zh")
 LETTERS = "ABCD"
@@ -475,7 +475,27 @@ def generate_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, 
         "benchmark_files": bench_rows,
     }
     put(None, "manifest.json", (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8"), 1)
-    paths = {name: f"{base}/{rel}" for name, (rel, _) in written.items()}
+    return _paths(base, {name: rel for name, (rel, _) in written.items()})
+
+
+def _paths(base: str, rel: dict[str, str]) -> dict[str, str]:
+    paths = {name: f"{base}/{r}" for name, r in rel.items()}
     paths["benchmarks"] = f"{base}/benchmarks"
     paths["manifest"] = f"{base}/manifest.json"
     return paths
+
+
+def ensure_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, str]:
+    """The demo files under `out_dir`: reused when its manifest says they were made from `cfg`,
+    generated otherwise (the pipeline's `data` stage skips when its output is complete)."""
+    cfg = cfg or DemoDataConfig()
+    base = str(out_dir).rstrip("/")
+    fs, manifest_path = filesystem(f"{base}/manifest.json")
+    try:
+        with fs.open_input_stream(manifest_path) as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if manifest and manifest.get("config") == cfg.model_dump(mode="json"):
+        return _paths(base, {name: info["path"] for name, info in manifest["files"].items()})
+    return generate_demo(out_dir, cfg)

@@ -82,6 +82,22 @@ def _name_pattern(name: str) -> re.Pattern:
     return re.compile(body)
 
 
+_QUESTION_PATTERNS: list[tuple[str, re.Pattern]] = []
+
+
+def _question_patterns() -> list[tuple[str, re.Pattern]]:
+    """(relation, regex) for every question template of the demo, `{s}` captured."""
+    if not _QUESTION_PATTERNS:
+        from batray.data.demo_text import TEMPLATES
+
+        for relation, kinds in TEMPLATES.items():
+            for templates in kinds.get("ask", {}).values():
+                for t in templates:
+                    body = re.escape(normalize(t)).replace(re.escape("{s}"), "(?P<s>.+?)")
+                    _QUESTION_PATTERNS.append((relation, re.compile(body)))
+    return _QUESTION_PATTERNS
+
+
 def _negated(text: str, start: int) -> bool:
     before = text[max(0, start - 8) : start]
     return any(before.endswith(n) or before.rstrip().endswith(n.strip()) for n in _NEGATIONS)
@@ -198,6 +214,28 @@ class World:
         if not gold:
             raise DataError(f"the demo world has no fact {relation}({subject})")
         return relation, gold
+
+    def question_id(self, text: str) -> str | None:
+        """The question id a prompt asks, when it is one of the demo's question phrasings (else None).
+
+        Lets a judge that only sees prompt text (a response pair, a chat request) check answers.
+        """
+        norm = normalize(text).strip()
+        for relation, pattern in _question_patterns():
+            m = pattern.fullmatch(norm)
+            if m is None:
+                continue
+            try:
+                sid = self.resolve(m.group("s"))
+            except DataError:
+                continue
+            qid = f"{relation}:{sid}"
+            try:
+                self.gold(qid)
+            except DataError:
+                continue
+            return qid
+        return None
 
     def answer_name(self, question: str | tuple[str, str], lang: str = "en") -> str:
         """The gold answer as text in `lang` ("en" or "zh")."""
