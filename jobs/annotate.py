@@ -94,11 +94,16 @@ def export(args: argparse.Namespace, cfg: RecipeConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    if not argv or argv[0] not in SUBCOMMANDS:
         lines = ["usage: batray annotate {serve,add-user,export} ...", ""]
         lines += [f"  {name:<9} {text}" for name, text in SUBCOMMANDS.items()]
-        print("\n".join(lines), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        if argv and argv[0] in ("-h", "--help"):
+            print("\n".join(lines))
+            return 0
+        if argv:
+            lines.insert(0, f"batray annotate: unknown subcommand {argv[0]!r}")
+        print("\n".join(lines), file=sys.stderr)
+        return 2
     setup_logging()
     args = _parser(argv[0]).parse_args(argv[1:])
     if argv[0] == "export" and args.out is None:

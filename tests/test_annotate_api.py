@@ -149,6 +149,7 @@ def test_overlap_share_goes_to_two_annotators_and_admin_sees_kappa(make_server):
         summary = c.get("/api/admin/summary").json()
     assert summary["tasks"] == {"total": 30, "done": 30, "overlap": len(doubled), "left_is_a": summary["tasks"]["left_is_a"]}
     assert {a["name"]: a["labeled"] for a in summary["annotators"]} == {"ann1": 30, "ann2": len(doubled), "boss": 0}
+    assert sum(summary["helpfulness_on_screen"].values()) == summary["labels"] == 30 + len(doubled)
     overall = summary["agreement"]["overall"]
     assert overall["tasks"] == len(doubled)
     disagree = sum(1 for t in doubled if t % 4 == 0)  # ann2 said right_better, ann1 never did

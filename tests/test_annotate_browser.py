@@ -152,6 +152,7 @@ def test_admin_view_in_chromium(make_server):
         expect(page.locator("#admin-link")).to_be_visible()
         page.click("#admin-link")
         expect(page.locator("#tasks")).to_have_text("0 of 4 tasks done · 1 labels · 4 tasks for two annotators")
+        expect(page.locator("#position")).to_contain_text("both good 1")
         expect(page.locator("#annotators tbody tr")).to_have_count(2)
         expect(page.locator("#annotators tbody tr").first).to_contain_text("alice")
         browser.close()

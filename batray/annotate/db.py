@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from batray.errors import BatrayError
 
@@ -130,11 +131,14 @@ def open_db(url: str, busy_timeout_s: float = 30.0) -> Engine:
     """An engine for `url` with the tables created. SQLite gets WAL, full sync and BEGIN IMMEDIATE writes."""
     is_sqlite = url.startswith("sqlite")
     connect_args = {"timeout": busy_timeout_s, "check_same_thread": False} if is_sqlite else {}
-    if is_sqlite and url not in ("sqlite://", "sqlite:///:memory:"):
+    if is_sqlite and "/:memory:" not in url and url != "sqlite://":
         path = url.split(":///", 1)[-1].split("?", 1)[0]
         Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+    in_memory = url in ("sqlite://", "sqlite:///:memory:")
+    # one shared connection for an in-memory database (each new connection would be a new, empty one)
+    pool = {"poolclass": StaticPool} if in_memory else {"pool_size": 20, "max_overflow": 20, "pool_pre_ping": not is_sqlite}
     try:
-        engine = create_engine(url, connect_args=connect_args, pool_size=20, max_overflow=20, pool_pre_ping=not is_sqlite)
+        engine = create_engine(url, connect_args=connect_args, **pool)
     except (ArgumentError, ImportError, ValueError) as e:  # bad URL or missing driver
         raise BatrayError(f"database URL {url!r} cannot be opened: {e}") from None
 

@@ -230,9 +230,12 @@ class Store:
             overlap = s.scalar(select(func.count(Task.id)).where(Task.needed > 1))
             labels = s.scalar(select(func.count(Label.id)))
             left_is_a = s.scalar(select(func.count(Task.id)).where(Task.left_is_a))
+            # answers in screen terms: a large left/right imbalance is position bias
+            by_position = dict(s.execute(select(Label.helpfulness, func.count(Label.id)).group_by(Label.helpfulness)).all())
         return {
             "tasks": {"total": total, "done": done, "overlap": overlap, "left_is_a": left_is_a},
             "labels": labels,
+            "helpfulness_on_screen": {h: by_position.get(h, 0) for h in ("left_better", "right_better", "both_good", "both_bad")},
             "annotators": annotators,
         }
 

@@ -25,6 +25,10 @@ document.addEventListener("DOMContentLoaded", async () => {
   const t = data.tasks;
   document.getElementById("tasks").textContent =
     `${t.done} of ${t.total} tasks done · ${data.labels} labels · ${t.overlap} tasks for two annotators`;
+  const pos = data.helpfulness_on_screen;
+  document.getElementById("position").textContent =
+    `on screen: left better ${pos.left_better} · right better ${pos.right_better} · ` +
+    `both good ${pos.both_good} · both not good ${pos.both_bad} (left/right order is random per task)`;
   const body = document.querySelector("#annotators tbody");
   for (const a of data.annotators) body.appendChild(row([a.name + (a.admin ? " (admin)" : ""), a.labeled, a.skipped, a.last_label_at || "-"]));
   const o = data.agreement.overall;
