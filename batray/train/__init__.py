@@ -1,0 +1,62 @@
+"""Shared Ray Train machinery: every training stage (pretrain, sft, reward) runs through it.
+
+Public API
+----------
+Stage entrypoints (in `jobs/`, built on this package):
+
+- `jobs.pretrain.run_pretrain(cfg, out_dir, *, init_from=None, model_overrides=None, max_steps=None,
+  corpus=None) -> str`: Eq. 1 pretraining into `out_dir`; returns `out_dir/final` (an HF folder).
+  Skips when `out_dir/final` is complete, resumes from `out_dir/ray/` checkpoints otherwise.
+  `model_overrides` are GlmConfig fields applied to the preset when starting from scratch (ignored
+  with `init_from`); `max_steps` overrides `cfg.pretrain.max_steps`; `corpus` overrides the data path.
+- `jobs.sft.run_sft(cfg, out_dir, *, init_from, data=None) -> str`: Eq. 2 instruction tuning.
+
+Library pieces:
+
+- `fit(task, train_cfg, out_dir, *, datasets, seed=0) -> str` (`launcher.py`): runs a `TrainTask` as
+  a Ray Train V2 `TorchTrainer` with `train_cfg.scaling` workers and DeepSpeed ZeRO
+  `train_cfg.deepspeed.zero_stage`. `datasets` are Ray Data datasets: "train" (split across workers
+  with a deterministic order) and optional "eval" (every worker reads it whole; keep it small, e.g.
+  `.limit(eval_batches * micro_batch_size).materialize()`). Writes `out_dir/metrics.jsonl`,
+  `out_dir/tb/`, checkpoints in `out_dir/ray/`, and `out_dir/final/` via `task.save_final`.
+- `TrainTask` (`task.py`): what a stage plugs in. `CausalLMTask` + `ModelSource` cover pretrain/SFT.
+- `lr_factor`, `deepspeed_config`, `build_engine` (`engine.py`); `corpus_blocks`,
+  `pad_sft_sample` (`lm_data.py`: Ray Data transforms for Eq. 1 blocks and SFT samples).
+
+Plugging in another task (e.g. the reward model, Eq. 3)
+------------------------------------------------------
+Subclass `TrainTask` as a picklable dataclass holding only paths/plain data, and override:
+
+    build_model(self) -> nn.Module          # e.g. AutoModelForSequenceClassification, seeded
+    loss(self, model, batch) -> (loss, stats)
+        # batch: dict of tensors made from one micro batch of numpy columns of your Ray Dataset
+        #   (override `to_device` to change the conversion); `model` is the DeepSpeed engine,
+        #   call it like the module. stats: additive 0-d tensors (sums, counts) -- the loop sums
+        #   them over micro batches and workers.
+    metrics(self, stats, prefix="") -> dict  # summed stats -> logged values (e.g. accuracy = n_ok / n)
+    num_tokens(self, batch) -> int           # for tokens/s (default: input_ids.numel())
+    save_final(self, model, out_dir, *, step, tokens_seen)   # rank 0, full parameters
+
+then `fit(MyTask(...), cfg.reward, out_dir, datasets={"train": ds, "eval": small_ds}, seed=cfg.seed)`.
+Rows of the "train" dataset must have fixed-shape columns (pad them) so they batch into arrays.
+
+Resume and exactness
+--------------------
+A checkpoint every `ckpt_every` steps holds DeepSpeed's model/optimizer/scheduler state (per-rank
+ZeRO partitions merged by Ray), the data position (epoch, micro batches consumed) and per-rank RNG.
+Restarting the same command resumes: the shard's epoch is re-read and already-trained batches are
+skipped, so on CPU with a fixed seed the losses after a resume equal those of an uninterrupted run.
+
+Backends: CPU runs gloo with `torch.optim.AdamW` handed to `deepspeed.initialize`; GPU runs NCCL,
+with bf16 when `deepspeed.bf16` is true.
+"""
+
+from batray.train.engine import build_engine, deepspeed_config, lr_factor
+from batray.train.launcher import TrainingFailed, fit
+from batray.train.lm_data import corpus_blocks, pad_sft_sample
+from batray.train.task import CausalLMTask, ModelSource, TrainTask
+
+__all__ = [
+    "CausalLMTask", "ModelSource", "TrainTask", "TrainingFailed", "build_engine", "corpus_blocks",
+    "deepspeed_config", "fit", "lr_factor", "pad_sft_sample",
+]

@@ -1,0 +1,88 @@
+"""Run a `TrainTask` as a Ray Train `TorchTrainer` (V2 API) with resume and skip-when-done.
+
+Checkpoints live under `<out_dir>/ray/` (`RunConfig(storage_path=<out_dir>, name="ray")`). Resuming
+is rebuilding the same trainer with the same storage path and name: Ray Train V2 restores its
+checkpoint manager from storage, and `ray.train.get_checkpoint()` hands the workers the latest one.
+A folder whose `final/` is complete (`batray.checkpoint.is_complete`) is not trained again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from batray.checkpoint import is_complete
+from batray.config.base import TrainConfig
+from batray.errors import BatrayError
+from batray.train.loop import JobSpec, train_loop
+from batray.train.task import TrainTask
+
+log = logging.getLogger(__name__)
+
+RAY_RUN_NAME = "ray"
+
+
+class TrainingFailed(BatrayError):
+    """A training run stopped with an error; its checkpoints stay, the same command resumes it."""
+
+
+def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict, seed: int = 0,
+        fail_at_step: int | None = None) -> str:
+    """Train `task` on `datasets` ("train", optional "eval": Ray Data datasets) into `out_dir`.
+
+    Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` when a
+    previous run left checkpoints there.
+    """
+    import ray.train
+    from ray.data import DataContext
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if "://" in out_dir:
+        raise BatrayError(f"{task.stage}: out_dir {out_dir!r}: training writes its folder locally (or on a shared mount)")
+    out = Path(out_dir).absolute()
+    final = out / "final"
+    if is_complete(final):
+        log.info("%s: %s is complete, skipping", task.stage, final)
+        return str(final)
+    out.mkdir(parents=True, exist_ok=True)
+
+    scaling = train_cfg.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = 1
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # a deterministic stream is what makes skip-to-position exact
+    DataContext.get_current().execution_options.preserve_order = True
+    job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
+                  fail_at_step=fail_at_step)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=600),
+        run_config=RunConfig(
+            storage_path=str(out),
+            name=RAY_RUN_NAME,
+            checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
+    )
+    resuming = (out / RAY_RUN_NAME).exists()
+    log.info("%s: %s %d worker(s), ZeRO-%d, into %s", task.stage, "resuming" if resuming else "starting",
+             scaling.num_workers, train_cfg.deepspeed.zero_stage, out)
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        cause = str(e).strip().splitlines()
+        raise TrainingFailed(
+            f"{task.stage} stopped: {cause[-1] if cause else type(e).__name__}; "
+            f"rerun the same command to resume from the last checkpoint in {out / RAY_RUN_NAME}"
+        ) from e
+    if not is_complete(final):
+        raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
+    return str(final)
+

@@ -1,0 +1,263 @@
+"""The training loop every Ray Train stage runs on each worker (`train_loop_per_worker`).
+
+One screen of logic (nanoGPT style), with Ray Train around it:
+  build model -> DeepSpeed engine -> restore the last checkpoint (model, optimizer, scheduler, data
+  position, RNG) -> for each micro batch of this worker's Ray Data shard: loss, backward, step at
+  accumulation boundaries -> every `log_every` steps: metrics summed over workers, a progress line,
+  `metrics.jsonl` + TensorBoard (rank 0) -> every `eval_every` steps: the held-out split -> every
+  `ckpt_every` steps: a checkpoint through `ray.train.report` -> at the end: the final HF folder.
+
+Data position: Ray Data cannot seek, so a resumed worker re-reads its shard's current epoch and
+skips the micro batches it already trained on. The stream is deterministic (Train's split runs with
+`preserve_order`, equal row counts per worker), so the skipped batches are exactly the trained ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from batray.config.base import TrainConfig
+from batray.train.task import TrainTask
+
+ENGINE_TAG = "engine"
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class JobSpec:
+    """Everything a worker needs, pickled into `train_loop_config`."""
+
+    task: TrainTask
+    train: TrainConfig
+    out_dir: str  # metrics.jsonl, tb/ and final/ go here (rank 0 writes; a local or shared path)
+    seed: int = 0
+    has_eval: bool = False
+    fail_at_step: int | None = None  # tests: raise before this step unless resuming (a crash)
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    consumed: int = 0  # micro batches of the current epoch already trained on (this worker)
+    tokens_seen: int = 0  # all workers together
+    extra: dict = field(default_factory=dict)
+
+
+def train_loop(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    job: JobSpec = config["job"]
+    task, tc = job.task, job.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_gpu = device.type == "cuda"
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+    model = task.build_model()
+    seed_everything(job.seed + rank)  # after build: dropout/noise streams differ per rank
+    from batray.train.engine import build_engine
+
+    engine, _, scheduler = build_engine(model, tc, use_gpu)
+
+    state = TrainState()
+    resumed = False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_state(engine, ckpt_dir, rank)
+        resumed = True
+
+    logger = None
+    if rank == 0:
+        from batray.metrics import MetricsLogger
+
+        logger = MetricsLogger(job.out_dir, resume_step=state.step + 1 if resumed else None)
+        if resumed:
+            print(f"[{task.stage}] resumed at step {state.step} (epoch {state.epoch}, batch {state.consumed})", flush=True)
+
+    shard = ray.train.get_dataset_shard("train")
+    window: dict[str, float] = {}
+    window_tokens, window_start = 0, time.perf_counter()
+    micro = 0
+    gas = tc.grad_accum_steps
+    engine.train()
+
+    def log_and_checkpoint() -> None:
+        nonlocal window, window_tokens, window_start
+        step, last = state.step, state.step == tc.max_steps
+        do_log = step % tc.log_every == 0 or last
+        do_eval = job.has_eval and (step % tc.eval_every == 0 or last)
+        if do_log or do_eval:
+            sums = all_reduce_sum({**window, "__tokens": float(window_tokens)}, device)
+            tokens = sums.pop("__tokens")
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            metrics = task.metrics(sums)
+            metrics["lr"] = scheduler.get_last_lr()[0]
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            metrics["tokens_per_s"] = tokens / elapsed
+            metrics["tokens_seen"] = state.tokens_seen
+            if do_eval:
+                metrics.update(evaluate(engine, task, tc, device))
+                engine.train()
+            if logger is not None:
+                logger.log(step, **metrics)
+                print(progress_line(task.stage, step, tc.max_steps, metrics), flush=True)
+            window, window_tokens, window_start = {}, 0, time.perf_counter()
+        if step % tc.ckpt_every == 0 and not last:
+            save_and_report(engine, state, rank, {"step": step})
+            window_start = time.perf_counter()  # checkpoint time is not training throughput
+
+    while state.step < tc.max_steps:
+        if job.fail_at_step is not None and not resumed and state.step + 1 >= job.fail_at_step:
+            raise RuntimeError(f"injected failure before step {job.fail_at_step} (fail_at_step)")
+        seen = 0
+        for np_batch in shard.iter_batches(batch_size=tc.micro_batch_size, drop_last=True, batch_format="numpy",
+                                           prefetch_batches=2):
+            seen += 1
+            if seen <= state.consumed:  # already trained on before the restart
+                continue
+            if micro == 0:
+                window_start = time.perf_counter()  # throughput excludes startup and data warm-up
+            batch = task.to_device(np_batch, device)
+            boundary = (micro + 1) % gas == 0
+            engine.set_gradient_accumulation_boundary(boundary)
+            loss, stats = task.loss(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            micro += 1
+            state.consumed = seen
+            n_tokens = task.num_tokens(batch)
+            window_tokens += n_tokens
+            for k, v in stats.items():
+                window[k] = window.get(k, 0.0) + float(v)
+            if boundary:
+                state.step += 1
+                state.tokens_seen += n_tokens * world * gas  # every worker saw a batch of this shape
+                log_and_checkpoint()
+                if state.step >= tc.max_steps:
+                    break
+                if job.fail_at_step is not None and not resumed and state.step + 1 >= job.fail_at_step:
+                    raise RuntimeError(f"injected failure before step {job.fail_at_step} (fail_at_step)")
+        else:
+            if seen == 0:
+                raise RuntimeError(
+                    f"[{task.stage}] a worker's data shard has no full micro batch of {tc.micro_batch_size}; "
+                    "use more data, fewer workers or a smaller micro_batch_size"
+                )
+            state.epoch += 1
+            state.consumed = 0
+
+    save_final(engine, task, tc, job, state, rank)
+    if logger is not None:
+        logger.close()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum named floats over all workers (one collective), keys in a fixed order on every rank."""
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+@torch.no_grad()
+def evaluate(engine, task: TrainTask, tc: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Metrics on the held-out split, prefixed `eval_`. Every worker runs the same (unsplit) batches,
+    which ZeRO-3 needs anyway (its forward gathers parameters collectively)."""
+    import ray.train
+
+    engine.eval()
+    sums: dict[str, float] = {}
+    eval_ds = ray.train.get_dataset_shard("eval")
+    for i, np_batch in enumerate(eval_ds.iter_batches(batch_size=tc.micro_batch_size, batch_format="numpy")):
+        if i >= tc.eval_batches:
+            break
+        _, stats = task.loss(engine, task.to_device(np_batch, device))
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return task.metrics(sums, prefix="eval_")
+
+
+def progress_line(stage: str, step: int, max_steps: int, m: dict[str, float]) -> str:
+    parts = [f"[{stage}] step {step}/{max_steps}"]
+    for key, fmt in (("loss", "loss {:.4f}"), ("loss_l2r", "l2r {:.4f}"), ("loss_r2l", "r2l {:.4f}"),
+                     ("eval_loss", "eval {:.4f}"), ("eval_loss_l2r", "eval_l2r {:.4f}"),
+                     ("eval_loss_r2l", "eval_r2l {:.4f}"), ("lr", "lr {:.2e}"), ("tokens_per_s", "{:.0f} tok/s")):
+        if key in m and isinstance(m[key], float):
+            parts.append(fmt.format(m[key]))
+    return "  ".join(parts)
+
+
+def save_and_report(engine, state: TrainState, rank: int, metrics: dict) -> None:
+    """Checkpoint through `ray.train.report`: DeepSpeed's model/optimizer/scheduler states (each rank
+    writes its own ZeRO partition files; Ray merges the workers' folders), the data position and the
+    per-rank RNG states."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={})
+        torch.save(rng_state(), Path(tmp, f"rng_rank{rank}.pt"))
+        Path(tmp, f"{STATE_FILE}.rank{rank}").write_text(json.dumps(asdict(state)))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"step_{state.step:08d}")
+
+
+def load_state(engine, ckpt_dir: str, rank: int) -> TrainState:
+    engine.load_checkpoint(ckpt_dir, tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+    state_path = Path(ckpt_dir, f"{STATE_FILE}.rank{rank}")
+    if not state_path.exists():
+        raise RuntimeError(f"checkpoint {ckpt_dir} has no training state for rank {rank} (world size changed?)")
+    state = TrainState(**json.loads(state_path.read_text()))
+    set_rng_state(torch.load(Path(ckpt_dir, f"rng_rank{rank}.pt"), weights_only=False))
+    return state
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def save_final(engine, task: TrainTask, tc: TrainConfig, job: JobSpec, state: TrainState, rank: int) -> None:
+    """Rank 0 writes the final HF folder; under ZeRO-3 every rank first gathers the full parameters."""
+    import torch.distributed as dist
+
+    final_dir = str(Path(job.out_dir, "final"))
+    module = engine.module
+    if tc.deepspeed.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                task.save_final(module, final_dir, step=state.step, tokens_seen=state.tokens_seen)
+    elif rank == 0:
+        task.save_final(module, final_dir, step=state.step, tokens_seen=state.tokens_seen)
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,150 @@
+"""What a training stage plugs into the shared Ray Train loop: a `TrainTask`.
+
+A task says how to build the model on a worker, how one batch (a dict of numpy columns from a Ray
+Data shard) turns into a loss, how additive stats become logged metrics, and how the final model is
+saved. Everything else (DeepSpeed, schedule, accumulation, clipping, data position, checkpoints,
+resume, metrics files) is the loop's job (`batray.train.loop`).
+
+Tasks are pickled into `train_loop_config`, so they hold plain data (paths, dicts), never models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from batray.objectives.lm import bidirectional_lm_loss, lm_metrics, sft_loss
+
+
+class TrainTask:
+    """Base class of a pluggable training task. Override `build_model`, `loss` and `save_final`."""
+
+    stage = "train"  # a plain class attribute (subclasses may make it a dataclass field)
+
+    def build_model(self) -> torch.nn.Module:
+        """A fresh model on CPU, identical on every worker (seed it, or load it from a folder)."""
+        raise NotImplementedError
+
+    def to_device(self, batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+        """Numpy columns -> tensors on the worker's device (ints become int64)."""
+        out = {}
+        for k, v in batch.items():
+            t = torch.as_tensor(np.asarray(v))
+            if not t.is_floating_point():
+                t = t.long()
+            out[k] = t.to(device)
+        return out
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss to minimize, additive stats: 0-d tensors summed over micro batches and workers)."""
+        raise NotImplementedError
+
+    def metrics(self, stats: dict[str, float], prefix: str = "") -> dict[str, float]:
+        """Summed stats of a logging window (or an eval pass) -> named metric values."""
+        return {f"{prefix}{k}": float(v) for k, v in stats.items()}
+
+    def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens this batch pushes through the model (for tokens/s)."""
+        return int(batch["input_ids"].numel())
+
+    def save_final(self, model: torch.nn.Module, out_dir: str, *, step: int, tokens_seen: int) -> None:
+        """Write the final Hugging Face folder (called on rank 0 with full, gathered parameters)."""
+        raise NotImplementedError
+
+
+@dataclass
+class ModelSource:
+    """Where a worker gets its model: a checkpoint folder, or a preset plus GlmConfig overrides."""
+
+    path: str | None = None
+    preset: str | None = None
+    overrides: dict = field(default_factory=dict)
+    seed: int = 0
+    dtype: str = "float32"
+    vocab_size: int | None = None  # resize embeddings up to this (a tokenizer that gained tokens)
+
+    def build(self) -> torch.nn.Module:
+        from batray.models.presets import build_model, load_causal_lm, preset_config
+
+        dtype = getattr(torch, self.dtype)
+        if self.path is not None:
+            torch.manual_seed(self.seed)  # resized rows are initialized randomly: same on every worker
+            model = load_causal_lm(self.path, dtype=dtype)
+            if self.vocab_size and model.get_input_embeddings().num_embeddings < self.vocab_size:
+                model.resize_token_embeddings(self.vocab_size)
+            return model
+        return build_model(preset_config(self.preset, **self.overrides), seed=self.seed, dtype=dtype)
+
+
+@dataclass
+class CausalLMTask(TrainTask):
+    """Causal LM training: Eq. 1 on packed direction blocks, or Eq. 2 on masked SFT samples.
+
+    Batches have `input_ids`, `labels`, `position_ids` (restarting at 0 per packed segment, which
+    makes transformers build a block-diagonal causal mask so segments never see each other) and,
+    for Eq. 1, `directions`.
+    """
+
+    model_source: ModelSource
+    tokenizer_dir: str
+    stage: str = "pretrain"
+    objective: str = "eq1"  # "eq1" (bidirectional pretraining) or "eq2" (SFT)
+    parent: str | None = None
+    config_hash: str | None = None
+    extra_meta: dict = field(default_factory=dict)
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model_source.build()
+
+    def loss(self, model, batch):
+        if self.objective == "eq1":  # packed blocks: segments must not attend to each other
+            mask = segment_causal_mask(batch["position_ids"], _attn_implementation(model), _param_dtype(model))
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
+                           use_cache=False).logits
+            return bidirectional_lm_loss(logits, batch["labels"], batch["directions"])
+        # one right-padded sample per row: plain causal attention is exact (pads come last)
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        return sft_loss(logits, batch["labels"])
+
+    def metrics(self, stats, prefix=""):
+        return lm_metrics(stats, prefix)
+
+    def save_final(self, model, out_dir, *, step, tokens_seen):
+        from batray.checkpoint import save_hf_checkpoint
+        from batray.models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(self.tokenizer_dir)
+        save_hf_checkpoint(model, tokenizer, out_dir, stage=self.stage, step=step, tokens_seen=tokens_seen,
+                           parent=self.parent, config_hash=self.config_hash,
+                           extra={"objective": self.objective, **self.extra_meta})
+
+
+def segment_causal_mask(position_ids: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
+    """4D attention mask (B, 1, T, T) for packed blocks: causal within a segment, nothing across.
+
+    A segment starts wherever position_ids is 0 (`pack_samples` restarts positions per segment; each
+    pad is a one-token segment). transformers uses a 4D mask as given: boolean (True = attend) for
+    SDPA, additive (0 / dtype min) for eager attention.
+    """
+    segment = (position_ids == 0).cumsum(-1)  # (B, T)
+    same = segment[:, :, None] == segment[:, None, :]
+    t = position_ids.size(-1)
+    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (same & causal)[:, None, :, :]
+    if attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # a DeepSpeed engine holds the HF model in .module
+
+
+def _attn_implementation(model) -> str | None:
+    return getattr(_unwrap(model).config, "_attn_implementation", None)
+
+
+def _param_dtype(model) -> torch.dtype:
+    return next(_unwrap(model).parameters()).dtype
