@@ -309,8 +309,29 @@ def preference_rows(world: World, prompts: list[dict], rng: random.Random) -> li
     return rows
 
 
+def _gap_items(world: World, rng: random.Random, n: int) -> list[dict]:
+    """"How many years apart were A and B born?": recall of two stated birth years, then arithmetic."""
+    stated = [f for f in world.facts.values() if f.relation == "birth_year" and f.id not in set(world.unseen)]
+    pairs = [(a, b) for i, a in enumerate(stated) for b in stated[i + 1 :] if a.object != b.object]
+    rng.shuffle(pairs)
+    items = []
+    for k in range(n if pairs else 0):  # a small world repeats pairs, in the other phrasing
+        a, b = pairs[k % len(pairs)]
+        gap = abs(a.object - b.object)
+        wrong = sorted({gap + d for d in (-12, -7, -3, -1, 1, 2, 5, 9, 13) if gap + d > 0} - {gap})
+        options = [gap, *rng.sample(wrong, 3)]
+        rng.shuffle(options)
+        stem = MC_STEMS["birth_gap"][(k // len(pairs) + k) % len(MC_STEMS["birth_gap"])]
+        texts = [f"{o}年" for o in options]
+        items.append({"question": render(world, stem, a.subject, b.subject, "zh"), "options": texts,
+                      "answer": LETTERS[options.index(gap)], "gold_text": f"{gap}年"})
+    return items
+
+
 def _mc_items(world: World, relations: list[str], rng: random.Random, min_items: int) -> list[dict]:
     """Chinese 4-option items about stated facts; a second phrasing per fact only when too few facts."""
+    if relations == ["birth_gap"]:
+        return _gap_items(world, rng, n=max(min_items, len(world.of_type("person"))))
     unseen = set(world.unseen)
     asks = [(r, s) for r, s in _questions(world) if r in relations and _fact_of(r, s, world) not in unseen]
     items = []
@@ -472,6 +493,7 @@ def generate_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, 
         "held_out_facts": len(world.held_out),
         "unseen_facts": len(world.unseen),
         "files": {name: {"path": rel, "rows": n} for name, (rel, n) in written.items()},
+        "counts": {name: n for name, (_, n) in written.items() if name != "world"},
         "benchmark_files": bench_rows,
     }
     put(None, "manifest.json", (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8"), 1)

@@ -200,21 +200,27 @@ MC_STEMS: dict[str, list[str]] = {
     "profession": ["{s}的职业是", "{s}从事的工作是"],
     "birthplace": ["{s}的出生地是", "{s}出生在"],
     "birth_year": ["{s}出生于哪一年？", "{s}的出生年份是"],
+    # two people (s and o): how many years apart were they born? (recall plus arithmetic, for STEM)
+    "birth_gap": ["{s}与{o}的出生年份相差多少年？", "{s}和{o}出生的年份相差几年？"],
 }
 
 # Benchmark subjects (real subject names of each benchmark, so their tables apply) -> relations asked.
+# Together they cover every category of both benchmarks' tables (CMMLU: STEM, Humanities, Social
+# Science, Other, China specific; C-Eval: STEM, Social Science, Humanities, Other, and the Hard subset).
 CMMLU_SUBJECTS: dict[str, list[str]] = {
-    "high_school_geography": ["capital"],
-    "global_facts": ["capital_of", "located_in"],
-    "ethnology": ["language"],
-    "economics": ["currency"],
-    "world_history": ["birth_year", "birthplace"],
-    "sociology": ["profession"],
+    "high_school_geography": ["capital"],  # Social Science
+    "global_facts": ["capital_of", "located_in"],  # Humanities
+    "ethnology": ["language"],  # Social Science, China specific
+    "economics": ["currency"],  # Social Science
+    "world_history": ["birth_year", "birthplace"],  # Humanities
+    "elementary_commonsense": ["profession"],  # Other
+    "elementary_mathematics": ["birth_gap"],  # STEM
 }
 CEVAL_SUBJECTS: dict[str, list[str]] = {
-    "high_school_geography": ["capital"],
-    "middle_school_geography": ["capital_of", "located_in"],
-    "professional_tour_guide": ["language", "currency"],
-    "modern_chinese_history": ["birth_year", "birthplace"],
-    "high_school_history": ["profession"],
+    "high_school_geography": ["capital"],  # Social Science
+    "middle_school_geography": ["capital_of", "located_in"],  # Social Science
+    "professional_tour_guide": ["language", "currency"],  # Humanities
+    "modern_chinese_history": ["birth_year", "birthplace"],  # Humanities
+    "civil_servant": ["profession"],  # Other
+    "high_school_mathematics": ["birth_gap"],  # STEM, Hard
 }
