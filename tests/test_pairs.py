@@ -1,0 +1,53 @@
+"""`batray pairs`: rollout actors on the tiny checkpoint; B resampled, or from a `batray serve` endpoint."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from batray.config import load_config
+from batray.data.io import write_jsonl
+from batray.data.schemas import PAIRS
+from batray.errors import BatrayError
+from batray.serve import start_server
+from jobs.pairs import run_pairs
+
+PROMPTS = [{"id": f"q{i}", "prompt": p} for i, p in enumerate(
+    ["What is the capital of Veloria?", "维洛里亚的首都是哪里？", "Who is Ada Quill?", "Say hello."])]
+
+
+def _cfg(tmp_path, **pairs):
+    over = [f"run_dir={tmp_path}/run", "pairs.sampling.max_new_tokens=6", f"pairs.prompts={tmp_path}/prompts.jsonl"]
+    return load_config(None, over + [f"pairs.{k}={v}" for k, v in pairs.items()])
+
+
+def test_policy_sampled_twice(tmp_path, ray_session, tiny_checkpoint):
+    write_jsonl(PROMPTS + [{"id": "bad", "text": "no prompt column"}], str(tmp_path / "prompts.jsonl"))
+    out = run_pairs(_cfg(tmp_path, num_engines=2), str(tmp_path / "pairs"), model_a=tiny_checkpoint)
+    table = pq.read_table(out)
+    assert table.schema.equals(PAIRS)
+    rows = table.to_pylist()
+    assert [r["pair_id"] for r in rows] == ["q0", "q1", "q2", "q3"]
+    assert [r["prompt"] for r in rows] == [p["prompt"] for p in PROMPTS]
+    assert all(r["model_a"] == r["model_b"] == tiny_checkpoint for r in rows)
+    assert sum(r["response_a"] != r["response_b"] for r in rows) >= 2  # two independent samples
+    assert "prompt missing" in (tmp_path / "pairs" / "rejected_prompts.jsonl").read_text()
+    # the stage's output is complete: a rerun keeps it
+    assert run_pairs(_cfg(tmp_path), str(tmp_path / "pairs"), model_a=tiny_checkpoint) == out
+
+
+def test_b_from_an_endpoint(tmp_path, ray_session, tiny_checkpoint):
+    write_jsonl(PROMPTS[:2], str(tmp_path / "prompts.jsonl"))
+    with start_server(tiny_checkpoint) as h:
+        out = run_pairs(_cfg(tmp_path, model_b=h.url), str(tmp_path / "pairs"), model_a=tiny_checkpoint)
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 2 and all(r["model_b"] == f"{h.model}@{h.url}" for r in rows)
+    assert all(isinstance(r["response_b"], str) for r in rows)
+
+
+def test_bad_models_fail_in_one_line(tmp_path, tiny_checkpoint):
+    write_jsonl(PROMPTS, str(tmp_path / "prompts.jsonl"))
+    with pytest.raises(BatrayError, match="model_a"):
+        run_pairs(_cfg(tmp_path), str(tmp_path / "p1"), model_a=str(tmp_path / "nope"))
+    with pytest.raises(BatrayError, match="model_b"):
+        run_pairs(_cfg(tmp_path, model_b=str(tmp_path / "nope")), str(tmp_path / "p2"), model_a=tiny_checkpoint)
