@@ -60,6 +60,21 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
         assert a[name] != c[name], name
 
 
+def test_same_bytes_in_another_process_with_another_hash_seed(tmp_path):
+    """No output depends on set/dict hash order: `python -m jobs.data demo` in a fresh interpreter
+    with another PYTHONHASHSEED writes exactly what this process writes."""
+    import os
+    import subprocess
+    import sys
+
+    here = _files(Path(generate_demo(str(tmp_path / "here"), SMALL)["manifest"]).parent)
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    cmd = [sys.executable, "-m", "jobs.data", "demo", str(tmp_path / "there"), "--seed", "7",
+           "num_countries=8", "num_people=8", "corpus_repeats=2"]
+    subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    assert _files(str(tmp_path / "there")) == here
+
+
 def test_every_file_matches_its_contract(demo):
     manifest = json.loads(Path(demo["manifest"]).read_text(encoding="utf-8"))
     contracts = {
