@@ -49,6 +49,10 @@ def test_requests_without_a_valid_token_are_refused(server):
                 assert r.status_code == 401, (headers, path, r.text)
                 assert isinstance(r.json()["detail"], str) and r.json()["detail"]
     assert _db_count(server, "auth-user") == 0
+    page = httpx.get(server.url + "/")  # the page itself is public (it is the sign-in form) and locked down
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
     with server.client(token) as c:  # a valid annotator token is not an admin token
         r = c.get("/api/admin/summary")
         assert r.status_code == 403 and "--admin" in r.json()["detail"]

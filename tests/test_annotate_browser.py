@@ -34,7 +34,16 @@ FIRST_TASKS = [
 
 
 def _browser(playwright):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)  # generous on a loaded CI machine; waits end as soon as the page is ready
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+
+
+def _page(browser, **kw):
+    page = browser.new_page(**kw)
+    page.set_default_timeout(30_000)
+    return page
 
 
 def _labels(server: AnnotateServer) -> dict[str, Label]:
@@ -63,7 +72,7 @@ def test_label_with_the_keyboard_in_chromium(make_server, tmp_path):
     token = server.add_user("alice")
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = _page(browser, viewport={"width": 1280, "height": 900})
         page.goto(server.url + "/")
         page.fill("#token", "wrong-token")
         page.press("#token", "Enter")
@@ -145,7 +154,7 @@ def test_admin_view_in_chromium(make_server):
         assert c.post("/api/labels", json=body).status_code == 201
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page()
+        page = _page(browser)
         page.goto(server.url + "/admin")
         expect(page.locator("#error")).to_contain_text("not signed in")
         _sign_in(page, server, admin)
@@ -182,7 +191,7 @@ def render_screenshot(out: Path) -> None:
                 assert c.post("/api/labels", json=body).status_code == 201
         with sync_playwright() as p:
             browser = _browser(p)
-            page = browser.new_page(viewport={"width": 1200, "height": 760}, device_scale_factor=1)
+            page = _page(browser, viewport={"width": 1200, "height": 760}, device_scale_factor=1)
             _sign_in(page, server, token)
             for key in ("1", "4", "5"):
                 page.keyboard.press(key)

@@ -92,7 +92,7 @@ class Store:
     def _labels_of(self, task_col):
         return select(func.count(Label.id)).where(Label.task_id == task_col).scalar_subquery()
 
-    def _open_tasks(self, s: Session, user_id: int):
+    def _open_tasks(self, user_id: int):
         """Tasks this annotator has not labeled that still need annotators (ignoring leases)."""
         labeled_by_me = exists().where(and_(Label.task_id == Task.id, Label.user_id == user_id))
         return select(Task).where(~labeled_by_me, self._labels_of(Task.id) < Task.needed)
@@ -128,11 +128,11 @@ class Store:
             never_skipped = ~exists().where(
                 and_(Assignment.task_id == Task.id, Assignment.user_id == user_id, Assignment.skipped)
             )
-            candidates = self._open_tasks(s, user_id).where(self._labels_of(Task.id) + leased_by_others < Task.needed)
+            candidates = self._open_tasks(user_id).where(self._labels_of(Task.id) + leased_by_others < Task.needed)
             task = s.scalar(candidates.where(never_skipped).order_by(Task.id).limit(1))
             if task is None:  # 3. only my skipped tasks are left: give them back, oldest skip first
                 task = s.scalar(
-                    self._open_tasks(s, user_id)
+                    self._open_tasks(user_id)
                     .join(Assignment, and_(Assignment.task_id == Task.id, Assignment.user_id == user_id))
                     .order_by(Assignment.assigned_at, Task.id)
                     .limit(1)
@@ -198,7 +198,7 @@ class Store:
     def progress(self, user_id: int) -> dict:
         with self.db.read() as s, s.begin():
             labeled = s.scalar(select(func.count(Label.id)).where(Label.user_id == user_id))
-            remaining = s.scalar(select(func.count()).select_from(self._open_tasks(s, user_id).subquery()))
+            remaining = s.scalar(select(func.count()).select_from(self._open_tasks(user_id).subquery()))
             total = s.scalar(select(func.count(Task.id)))
         return {"labeled": labeled, "remaining": remaining, "total_tasks": total}
 
