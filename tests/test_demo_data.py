@@ -190,6 +190,9 @@ def test_checker_accepts_right_and_rejects_wrong_answers(world):
     for wrong in [other.en, f"The capital of {country.en} is {other.zh}.", f"{capital.en} or {other.en}",
                   "I don't know.", "", f"It is not {capital.en}.", f"{country.en}", capital.en[:-1]]:
         assert not world.check_answer(q, wrong), wrong
+    assert world.grade(q, f"It is {other.en}.") == "wrong"
+    assert world.grade(q, "I don't know.") == world.grade(q, f"not {capital.zh}") == "unanswered"
+    assert world.grade(q, f"首都是{capital.zh}") == "right"
     # Same question as a (relation, subject) pair, by id or by either name; and the inverse question.
     assert world.check_answer(("capital", country.zh), capital.en)
     assert world.check_answer(("capital", country.en), capital.zh)

@@ -10,7 +10,8 @@ which country has this capital) or a `(relation, subject)` pair whose subject is
 any of its names. `check_answer` is tolerant to phrasing: an answer is right when it mentions the
 gold object (any of its names or aliases, either language) and mentions no other candidate of the
 same kind, except after a negation ("not X", "不是X"). Years may be written in digits or Chinese
-numerals.
+numerals. `grade` tells a wrong answer (a confident error) from no answer; `question_id` maps a
+prompt's text back to the fact it asks, for judges that only see text.
 """
 
 from __future__ import annotations
@@ -247,9 +248,16 @@ class World:
 
     def check_answer(self, question: str | tuple[str, str], answer_text: str) -> bool:
         """True when `answer_text` states the gold object and no competing one (see module doc)."""
+        return self.grade(question, answer_text) == "right"
+
+    def grade(self, question: str | tuple[str, str], answer_text: str) -> str:
+        """"right" (the gold and nothing else), "wrong" (states some other candidate: a confident
+        error, the hallucination measure) or "unanswered" (states no candidate: "I don't know")."""
         relation, gold = self.gold(question)
         mentioned = self.mentions(self.object_type(relation), answer_text)
-        return bool(mentioned) and mentioned <= set(gold)
+        if not mentioned:
+            return "unanswered"
+        return "right" if mentioned <= set(gold) else "wrong"
 
     def mentions(self, object_type: str, text: str) -> set[str | int]:
         """Candidates of `object_type` that `text` asserts (negated mentions don't count)."""
