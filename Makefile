@@ -25,11 +25,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/batray run $(CONFIG)
 
-# Debian's Chromium for the annotation page's browser test (Playwright drives it by path; no
-# browser download). Without root the browser test skips with its reason.
+# Debian's Chromium (and CJK fonts, so Chinese renders) for the annotation page's browser test;
+# Playwright drives it by path, no browser download. Without root the browser test skips with its reason.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; \
 	  else echo "note: chromium not installed and not root; the browser test will skip"; fi; }
 
 test: install browser
