@@ -448,7 +448,6 @@ def generate_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, 
     cfg = cfg or DemoDataConfig()
     world = build_world(cfg)
     fs, root = filesystem(str(out_dir))
-    sep = "/"
     base = str(out_dir).rstrip("/")
 
     def stream(name: str) -> random.Random:
@@ -457,7 +456,7 @@ def generate_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, 
     written: dict[str, tuple[str, int]] = {}  # name -> (relative path, rows)
 
     def put(name: str | None, rel: str, data: bytes, rows: int) -> None:
-        path = root.rstrip("/") + sep + rel
+        path = f"{root.rstrip('/')}/{rel}"
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(data)
