@@ -20,7 +20,7 @@ from batray.data.schemas import VALIDATORS
 
 def _demo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="batray data demo", description="generate the bilingual demo world into OUT_DIR")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", help="folder (local path or URI) to write the files into")
     p.add_argument("--seed", type=int, default=None, help="overrides data.demo.seed")
     p.add_argument("--config", "-c", default=None, help="recipe YAML whose data.demo section is used")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="data.demo.<key>=value or <key>=value")
