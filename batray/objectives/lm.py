@@ -122,3 +122,21 @@ def lm_metrics(stats: dict[str, float], prefix: str = "") -> dict[str, float]:
 
 def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))  # capped so an early divergent step logs a number, not inf
+
+
+@torch.no_grad()
+def sequence_logprob(model, token_ids: list[list[int]], pad_id: int = 0) -> torch.Tensor:
+    """log p(x_2..x_n | x_1) of each sequence under a causal LM (the first token is its marker).
+
+    Used to score choices in either direction: pass `<|l2r|>` + tokens, or `<|r2l|>` + the reversed
+    tokens for the right-to-left reading of Eq. 1's second sum. Returns a (N,) float tensor.
+    """
+    n = max(len(t) for t in token_ids)
+    ids = torch.full((len(token_ids), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(token_ids), n), IGNORE_INDEX, dtype=torch.long)
+    for i, t in enumerate(token_ids):
+        ids[i, : len(t)] = torch.tensor(t)
+        labels[i, 1 : len(t)] = torch.tensor(t[1:])
+    logits = model(input_ids=ids).logits  # right padding: causal attention never reaches the pads
+    nll, _ = token_nll(logits, labels)
+    return -nll.sum(-1)
