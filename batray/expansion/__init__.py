@@ -13,12 +13,12 @@ from pathlib import Path
 
 from batray.expansion.mapping import (UnitMap, cancelling_noise, exact_map, expand_weight, fpi_map,
                                       grouped_head_maps, identity_map)
-from batray.expansion.plan import ExpansionPlan, Request, plan_expansion
+from batray.expansion.plan import ExpansionPlan, Request, plan_expansion, target_sizes
 from batray.expansion.stream import expand_checkpoint, finalize, run_serially, staging_dir, write_shard
 
 __all__ = [
     "REPORT", "ExpansionPlan", "Request", "UnitMap", "cancelling_noise", "exact_map", "expand", "expand_checkpoint",
-    "expand_weight", "fpi_map", "grouped_head_maps", "identity_map", "plan_expansion", "write_shard",
+    "expand_weight", "fpi_map", "grouped_head_maps", "identity_map", "plan_expansion", "target_sizes", "write_shard",
 ]
 
 REPORT = "expansion.json"

@@ -149,16 +149,15 @@ def _grow(name: str, old: int, new: int | None) -> int:
     return new
 
 
-def plan_expansion(src_dir: str | Path, request: Request, max_shard_bytes: int = 2 << 30) -> ExpansionPlan:
-    """Validate `request` against the checkpoint at `src_dir` and lay out every output tensor."""
-    src = Path(src_dir)
-    cfg_path = src / "config.json"
-    if not cfg_path.is_file():
-        raise BatrayError(f"expansion source {src} is not a checkpoint folder (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+def target_sizes(cfg: dict, request: Request, where: str = "config.json") -> dict:
+    """Validate `request` against a model config (a `config.json` dict); {"source": sizes, "target": sizes}.
+
+    Every check an expansion needs that does not look at weights, so a caller can validate a whole
+    plan of expansions (e.g. `batray grow`) before any training starts.
+    """
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise BatrayError(f"unknown architecture {model_type!r} in {cfg_path}; expansion supports "
+        raise BatrayError(f"unknown architecture {model_type!r} in {where}; expansion supports "
                           f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     if request.method not in ("fpi", "exact"):
         raise BatrayError(f"method must be fpi or exact, not {request.method!r}")
@@ -170,7 +169,6 @@ def plan_expansion(src_dir: str | Path, request: Request, max_shard_bytes: int =
     kv_heads = cfg.get("num_key_value_heads") or heads
     layers = cfg["num_hidden_layers"]
     head_dim = cfg.get("head_dim") or hidden // heads
-    tied = bool(cfg.get("tie_word_embeddings", False))
 
     new_hidden = _grow("hidden_size", hidden, request.hidden_size)
     new_ffn = _grow("intermediate_size", ffn, request.intermediate_size)
@@ -192,6 +190,26 @@ def plan_expansion(src_dir: str | Path, request: Request, max_shard_bytes: int =
             if new % old:
                 raise BatrayError(f"method exact needs integer-factor growth: {name} {old} -> {new} is not a "
                                   f"multiple; use method fpi for arbitrary sizes")
+
+    names = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "num_layers")
+    return {"source": dict(zip(names, (hidden, ffn, heads, kv_heads, layers)), head_dim=head_dim),
+            "target": dict(zip(names, (new_hidden, new_ffn, new_heads, new_kv, new_layers)), head_dim=head_dim)}
+
+
+def plan_expansion(src_dir: str | Path, request: Request, max_shard_bytes: int = 2 << 30) -> ExpansionPlan:
+    """Validate `request` against the checkpoint at `src_dir` and lay out every output tensor."""
+    src = Path(src_dir)
+    cfg_path = src / "config.json"
+    if not cfg_path.is_file():
+        raise BatrayError(f"expansion source {src} is not a checkpoint folder (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    model_type = cfg.get("model_type")
+    sizes = target_sizes(cfg, request, str(cfg_path))
+    hidden, ffn, heads, kv_heads, layers, head_dim = (sizes["source"][k] for k in (
+        "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "num_layers", "head_dim"))
+    new_hidden, new_ffn, new_heads, new_kv, new_layers = (sizes["target"][k] for k in (
+        "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "num_layers"))
+    tied = bool(cfg.get("tie_word_embeddings", False))
 
     # Eq. 5's s(.), drawn once from the seed in a fixed order (hidden, ffn, heads).
     gen = torch.Generator().manual_seed(request.seed)
@@ -264,10 +282,7 @@ def plan_expansion(src_dir: str | Path, request: Request, max_shard_bytes: int =
         "seed": request.seed,
         "noise_std": request.noise_std,
         "tied_head": tied,
-        "source": {"hidden_size": hidden, "intermediate_size": ffn, "num_heads": heads, "num_kv_heads": kv_heads,
-                   "num_layers": layers, "head_dim": head_dim},
-        "target": {"hidden_size": new_hidden, "intermediate_size": new_ffn, "num_heads": new_heads,
-                   "num_kv_heads": new_kv, "num_layers": new_layers, "head_dim": head_dim},
+        **sizes,
     }
     return ExpansionPlan(str(src), new_config, maps, files, shards, names, request.noise_std, request.seed, summary)
 
