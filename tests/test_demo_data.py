@@ -334,3 +334,17 @@ def test_ensure_demo_reuses_matching_output(tmp_path):
     assert corpus.read_text(encoding="utf-8") == '{"text": "marker"}\n'
     assert ensure_demo(str(tmp_path), SMALL.model_copy(update={"seed": 99})) == first
     assert "marker" not in corpus.read_text(encoding="utf-8")
+
+
+def test_bpe_trained_on_the_demo_corpus_round_trips_all_demo_text(demo):
+    """The tiny recipe trains its tokenizer on this corpus; every demo text must survive it exactly."""
+    from batray.models.tokenizer import train_bpe
+
+    corpus, _ = read_rows(demo["corpus"], "corpus")
+    tok = train_bpe((r["text"] for r in corpus), vocab_size=1024)
+    sft, _ = read_rows(demo["sft"], "sft")
+    texts = [m["content"] for r in sft for m in r.get("messages", [])] + [r.get("response", "") for r in sft]
+    texts += [row[1] for sub in Path(demo["cmmlu"]).glob("test/*.csv") for row in _read_csv(sub)[1:]]
+    assert any("的" in t for t in texts) and any("the" in t for t in texts)
+    for t in texts:
+        assert tok.decode(tok(t, add_special_tokens=False)["input_ids"]) == t
