@@ -157,4 +157,6 @@ def test_cli_rejects_a_non_checkpoint(tmp_path):
     from jobs.serve import main
 
     with pytest.raises(BatrayError, match="not a checkpoint"):
-        main([str(tmp_path)])
+        main([str(tmp_path), "serve.max_batch_size=4"])
+    with pytest.raises(SystemExit):
+        main(["serve.max_batch_size=4"])  # no CHECKPOINT

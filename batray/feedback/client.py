@@ -161,9 +161,10 @@ def _retry_after(e: openai.APIStatusError) -> float | None:
 
 
 def _short(e: openai.APIStatusError) -> str:
+    """The server's error message (the SDK hands over the `error` object of OpenAI's envelope)."""
     body = getattr(e, "body", None)
     if isinstance(body, dict):
-        msg = body.get("message") or (body.get("error") or {}).get("message") if isinstance(body.get("error", {}), dict) else None
-        if msg:
-            return str(msg)[:200]
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        if inner.get("message"):
+            return str(inner["message"])[:200]
     return str(e)[:200]

@@ -8,6 +8,7 @@ on a daemon thread and returns once the app's startup has finished, with the URL
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from dataclasses import dataclass
@@ -94,5 +95,6 @@ def run_server(served: ServedModel, *, host: str, port: int, api_key: str | None
     """Blocking: serve until interrupted (the `batray serve` command)."""
     app = create_app(served, api_key=api_key, **app_kwargs)
     sock = bind_socket(host, port)
+    logging.getLogger("batray.serve").info("listening on http://%s:%d/v1", host, sock.getsockname()[1])
     config = uvicorn.Config(app, log_level="info", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
