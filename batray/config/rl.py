@@ -92,14 +92,25 @@ class RewardConfig(TrainConfig):
     tie_loss: Literal["none", "band", "rao_kupper"] = Field(
         default="none", description="none: Eq. 3 as written (ties carry no gradient)"
     )
-    tie_band: float = Field(default=0.25, ge=0, description="tau of the band tie loss, below the margin")
-    data: str | None = Field(default=None, description="preferences parquet/jsonl; null: <run_dir>/prefs")
-    init_from: str | None = Field(default=None, description="null: the run's SFT model")
+    tie_band: float = Field(
+        default=0.25, ge=0,
+        description="tau of the band tie loss, below the margin; the initial rao_kupper threshold; tie accuracy's band",
+    )
+    data: str | None = Field(
+        default=None,
+        description="preferences (or chosen/rejected) parquet/jsonl; null: <run_dir>/prefs/preferences.parquet",
+    )
+    init_from: str | None = Field(
+        default=None, description="null: the run's SFT model; a causal LM or reward checkpoint, or a preset (random init)"
+    )
+    held_out_fraction: float = Field(default=0.1, ge=0, lt=1, description="pairs held out for evaluation (by pair_id hash)")
 
     @model_validator(mode="after")
     def _band_below_margin(self) -> "RewardConfig":
         if self.tie_loss == "band" and self.tie_band >= self.margin:
             raise ValueError(f"tie_band ({self.tie_band}) must be below margin ({self.margin})")
+        if self.tie_loss == "rao_kupper" and self.tie_band <= 0:
+            raise ValueError("tie_band must be above 0 with tie_loss rao_kupper (it is the initial threshold)")
         return self
 
 

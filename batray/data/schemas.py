@@ -90,10 +90,16 @@ def check_preferences(row: dict) -> str | None:
     return None
 
 
+def check_chosen_rejected(row: dict) -> str | None:
+    """The common `chosen`/`rejected` preference layout (e.g. Anthropic HH-RLHF dialogues)."""
+    return _need_str(row, "chosen", "rejected")
+
+
 VALIDATORS: dict[str, Callable[[dict], str | None]] = {
     "corpus": check_corpus,
     "sft": check_sft,
     "prompts": check_prompts,
     "pairs": check_pairs,
     "preferences": check_preferences,
+    "chosen_rejected": check_chosen_rejected,
 }

@@ -1,0 +1,201 @@
+"""Preference data -> tokenized (y, y', d) triples for the reward model (§3.3, Eq. 3).
+
+Two input layouts:
+
+- the preferences contract (DESIGN.md §3): `pair_id, prompt, response_a, response_b, d` with d = -1 when
+  a is preferred, +1 when b is, 0 for a tie; y = response_a, y' = response_b. A row may carry
+  `messages` (the dialogue before the responses, ending with a user turn) instead of a bare prompt.
+- the common `chosen`/`rejected` layout: either whole dialogues in Anthropic HH-RLHF's
+  `\\n\\nHuman: ...\\n\\nAssistant: ...` text form (the shared turns are the context, the last assistant
+  turns are the responses), or with an explicit `prompt`. These map to y = chosen, y' = rejected, d = -1.
+
+Every response is rendered in BatGPT's chat format with its context, exactly as
+`batray.data.sft.chat_pieces` renders a dialogue, so the reward head reads the `<eop>` that ends the
+assistant turn. Sequences too long for `max_len` lose their oldest turns first, then their oldest
+tokens (the end, where the reward is read, always stays); both are counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from batray.data.io import RejectReport, read_rows
+from batray.data.sft import chat_pieces
+from batray.errors import DataError
+
+
+@dataclass
+class Triple:
+    """One preference: the dialogue so far (ending with the user's turn), two responses and d."""
+
+    pair_id: str
+    context: list[dict]
+    response_a: str
+    response_b: str
+    d: int
+
+
+@dataclass
+class EncodedTriple:
+    pair_id: str
+    ids_a: list[int]
+    ids_b: list[int]
+    d: int
+
+
+@dataclass
+class EncodeReport:
+    """How many triples were encoded and what truncation did to them."""
+
+    total: int = 0
+    dropped_turns: int = 0  # sequences that lost old turns
+    cut_tokens: int = 0  # sequences that lost their oldest tokens after that
+    counts: Counter = field(default_factory=Counter)  # d -> count
+
+    def summary(self) -> str:
+        d = self.counts
+        return (f"{self.total} triples (a preferred {d[-1]}, b preferred {d[1]}, ties {d[0]}); "
+                f"{self.dropped_turns} sequences lost old turns, {self.cut_tokens} lost their oldest tokens")
+
+
+# ---- the chosen/rejected layout -------------------------------------------------------------------
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh_dialogue(text: str) -> list[dict]:
+    """`\\n\\nHuman: q\\n\\nAssistant: a ...` -> messages; consecutive turns of one role are merged."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not a `\\n\\nHuman: ...\\n\\nAssistant: ...` dialogue")
+    messages: list[dict] = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        role = _HH_ROLE[speaker]
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content
+        else:
+            messages.append({"role": role, "content": content})
+    return messages
+
+
+def triple_from_chosen_rejected(row: dict, index: int) -> Triple:
+    """A chosen/rejected row as y = chosen, y' = rejected, d = -1 (a is preferred)."""
+    pair_id = str(row.get("pair_id") or row.get("id") or f"pair-{index:06d}")
+    if isinstance(row.get("prompt"), str):
+        return Triple(pair_id, [{"role": "user", "content": row["prompt"]}], row["chosen"], row["rejected"], -1)
+    chosen, rejected = parse_hh_dialogue(row["chosen"]), parse_hh_dialogue(row["rejected"])
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise ValueError("the dialogue does not end with an assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError("chosen and rejected differ before their last assistant turn")
+    context = chosen[:-1]
+    if not context or context[0]["role"] != "user":
+        raise ValueError("the dialogue does not start with a human turn")
+    return Triple(pair_id, context, chosen[-1]["content"], rejected[-1]["content"], -1)
+
+
+def triple_from_preference(row: dict) -> Triple:
+    """A preferences-contract row (already validated) as a triple."""
+    if row.get("messages"):
+        context = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        if context[-1]["role"] != "user":
+            raise ValueError("messages must end with the user's turn")
+    else:
+        context = [{"role": "user", "content": row["prompt"]}]
+    return Triple(str(row["pair_id"]), context, row["response_a"], row["response_b"], int(row["d"]))
+
+
+def load_triples(uri: str) -> tuple[list[Triple], RejectReport, str]:
+    """Read preference triples from a file or folder in either layout: (triples, rejects, layout)."""
+    rows, report = read_rows(uri, "preferences")
+    layout = "preferences"
+    if report.accepted == 0 and any(isinstance(r["row"], dict) and "chosen" in r["row"] for r in report.rejected):
+        rows, report = read_rows(uri, "chosen_rejected")
+        layout = "chosen_rejected"
+    triples: list[Triple] = []
+    for i, row in enumerate(rows):
+        try:
+            t = triple_from_preference(row) if layout == "preferences" else triple_from_chosen_rejected(row, i)
+        except (ValueError, KeyError, TypeError) as e:
+            report.rejected.append({"reason": f"bad {layout} row: {e}", "row": row})
+            continue
+        triples.append(t)
+    if not triples:
+        raise DataError(f"{uri!r}: no usable preference rows ({report.summary('preferences')})")
+    return triples, report, layout
+
+
+# ---- rendering and tokenization ---------------------------------------------------------------------
+
+
+def render(context: list[dict], response: str) -> str:
+    """The chat-format text of `context` followed by the assistant's `response` (ends with `<eop>`)."""
+    return "".join(text for text, _ in chat_pieces(context + [{"role": "assistant", "content": response}]))
+
+
+def encode_response(tokenizer, context: list[dict], response: str, max_len: int) -> tuple[list[int], bool, bool]:
+    """Token ids of context + response, fitted to `max_len`: (ids, dropped_turns, cut_tokens).
+
+    Old user/assistant turn pairs go first (a system message stays); if the last exchange alone is
+    still too long, the oldest tokens go, keeping the first token (`<|l2r|>`) and the end.
+    """
+    system = context[:1] if context and context[0]["role"] == "system" else []
+    turns = context[len(system):]
+    dropped = False
+    while True:
+        ids = tokenizer(render(system + turns, response), add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_len or len(turns) <= 1:
+            break
+        turns = turns[2:]
+        dropped = True
+    if len(ids) <= max_len:
+        return ids, dropped, False
+    return ids[:1] + ids[len(ids) - (max_len - 1):], dropped, True
+
+
+def encode_triples(tokenizer, triples: list[Triple], max_len: int) -> tuple[list[EncodedTriple], EncodeReport]:
+    out: list[EncodedTriple] = []
+    report = EncodeReport()
+    for t in triples:
+        ids_a, drop_a, cut_a = encode_response(tokenizer, t.context, t.response_a, max_len)
+        ids_b, drop_b, cut_b = encode_response(tokenizer, t.context, t.response_b, max_len)
+        out.append(EncodedTriple(t.pair_id, ids_a, ids_b, t.d))
+        report.total += 1
+        report.dropped_turns += drop_a + drop_b
+        report.cut_tokens += cut_a + cut_b
+        report.counts[t.d] += 1
+    return out, report
+
+
+def split_held_out(items: list, fraction: float, key=lambda t: t.pair_id) -> tuple[list, list]:
+    """(train, held_out) by a hash of each item's pair id: stable across runs, orders and machines."""
+    if fraction <= 0:
+        return list(items), []
+    train, held = [], []
+    for item in items:
+        h = int.from_bytes(hashlib.sha256(str(key(item)).encode()).digest()[:8], "big") / 2**64
+        (held if h < fraction else train).append(item)
+    return train, held
+
+
+def collate_triples(batch: list[EncodedTriple], pad_id: int) -> dict[str, torch.Tensor]:
+    """A micro batch of B triples as one forward of 2B sequences: rows [0, B) are y, rows [B, 2B) y'.
+
+    Right padding with `pad_id`: the reward is read at each sequence's last non-pad token, which is
+    what `AutoModelForSequenceClassification` does when the config's pad_token_id is set.
+    """
+    seqs = [t.ids_a for t in batch] + [t.ids_b for t in batch]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, : len(s)] = 1
+    d = torch.tensor([t.d for t in batch], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "d": d}
