@@ -243,18 +243,20 @@ def run_recipe(cfg: RecipeConfig, only: list[str] | None = None, start: str | No
 
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("run", "the whole BatGPT recipe: every stage in `stages`, finished ones skipped")
-    p.add_argument("config_file", nargs="?", default=None, help="recipe YAML (same as --config)")
     p.add_argument("--only", action="append", choices=STAGES, help="run just this stage (repeatable)")
     p.add_argument("--from", dest="start", choices=STAGES, help="run from this stage on")
     p.add_argument("--no-report", action="store_true")
+    p.usage = "batray run [CONFIG | --config CONFIG] [--run-dir DIR] [--only STAGE] [--from STAGE] [key.sub=value ...]"
     args = p.parse_args(argv)
-    if args.config_file and "=" in args.config_file and not args.config_file.endswith((".yaml", ".yml")):
-        args.overrides.insert(0, args.config_file)
-        args.config_file = None
-    if args.config_file:
-        if args.config and args.config != args.config_file:
-            raise BatrayError(f"two configs given: {args.config_file} and --config {args.config}")
-        args.config = args.config_file
+    # `batray run CONFIG` is `batray run --config CONFIG`: the first positional that is a YAML path.
+    files = [o for o in args.overrides if "=" not in o]
+    for f in files:
+        if not f.endswith((".yaml", ".yml")):
+            raise BatrayError(f"{f!r}: expected a recipe .yaml file or a key.sub=value override")
+        if args.config and args.config != f:
+            raise BatrayError(f"two configs given: {f} and {args.config}")
+        args.config = f
+    args.overrides = [o for o in args.overrides if "=" in o]
     setup_logging()
     cfg = resolve(args)
     run_recipe(cfg, only=args.only, start=args.start, report=not args.no_report)
