@@ -20,13 +20,13 @@ from batray.config.rl import (
     RewardConfig,
     SamplingConfig,
 )
-from batray.config.serve_eval import EvalConfig, ServeConfig
+from batray.config.serve_eval import EvalConfig, RerankConfig, ServeConfig
 from batray.config.stages import DataConfig, DemoDataConfig, ExpandConfig, GrowConfig, PretrainConfig, SftConfig
 
 __all__ = [
     "STAGES", "AnnotateConfig", "DataConfig", "DeepSpeedConfig", "DemoDataConfig", "EndpointConfig",
     "EvalConfig", "ExpandConfig", "GrowConfig", "LabelConfig", "ModelConfig", "OptimConfig", "PairsConfig",
-    "PpoConfig", "PrefsConfig", "PretrainConfig", "RayConfig", "RecipeConfig", "RewardConfig",
+    "PpoConfig", "PrefsConfig", "PretrainConfig", "RayConfig", "RecipeConfig", "RerankConfig", "RewardConfig",
     "SamplingConfig", "ScalingConfig", "Schema", "ServeConfig", "SftConfig", "TrainConfig",
     "apply_overrides", "dump_config", "join_uri", "load_config",
 ]

@@ -9,6 +9,18 @@ from pydantic import Field
 from batray.config.base import Schema
 
 
+class RerankConfig(Schema):
+    """Bidirectional reranking (issue 11): N answers sampled left to right, ranked by
+    (1 - weight) * forward + weight * backward log-likelihood, both per answer token."""
+
+    n: int = Field(default=8, ge=1, le=128, description="candidates sampled per prompt")
+    weight: float = Field(default=0.5, ge=0, le=1, description="share of the backward (right-to-left) score; 0: forward-only best-of-N")
+    temperature: float = Field(default=1.0, ge=0, le=2, description="sampling temperature of the candidates")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=64, ge=1)
+    seed: int | None = Field(default=0, description="sampling seed (null: a fresh one per call)")
+
+
 class EvalConfig(Schema):
     """CMMLU / C-Eval evaluation (§4, Tables 1-3)."""
 
@@ -23,6 +35,7 @@ class EvalConfig(Schema):
     batch_size: int = Field(default=8, ge=1)
     chat: bool = Field(default=False, description="wrap prompts in the model's chat template")
     max_new_tokens: int = Field(default=128, ge=1, description="cot generation budget")
+    rerank: RerankConfig = Field(default=RerankConfig(), description="the `rerank` mode's candidates and weight")
 
 
 class ServeConfig(Schema):
@@ -39,3 +52,4 @@ class ServeConfig(Schema):
     max_batch_size: int = Field(default=8, ge=1)
     batch_wait_ms: float = Field(default=5.0, ge=0)
     default_max_tokens: int = Field(default=256, ge=1, description="when a request sets no max_tokens")
+    rerank: RerankConfig = Field(default=RerankConfig(), description="defaults for requests carrying `rerank`")
