@@ -1,6 +1,7 @@
 """`batray experiment NAME`: rerunnable experiments that make one of the paper's claims measurable.
 
     batray experiment reversal [--config FILE] [--run-dir DIR] [--steps N] [key.sub=value ...]
+    batray experiment hallucination [--pretrain-steps N] [--sft-steps N] [--n N] [--weight W] ...  (issue 11)
 
 reversal (the "limited memory" claim of §3.1, measured as the reversal curse): two tiny models are
 pretrained on the demo world's capital facts stated in one direction only ("The capital of A is B"),
@@ -165,8 +166,16 @@ def format_reversal(results: dict) -> str:
     return "\n".join(lines)
 
 
+def hallucination(argv: list[str] | None = None) -> int:
+    """Issue 11's experiment (`jobs/experiment_hallucination.py`): plain decoding vs bidirectional reranking."""
+    from jobs.experiment_hallucination import main as run
+
+    return run(argv)
+
+
 EXPERIMENTS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "reversal": (reversal, "the reversal curse: l2r-only vs bidirectional pretraining on one-directional facts"),
+    "hallucination": (hallucination, "held-out/unseen fact questions: plain decoding vs bidirectional reranking"),
 }
 
 
