@@ -8,6 +8,7 @@ from actors.group import DistributedWorker
 from batray.config.rl import PpoConfig
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import state, train
+from batray.ppo.batch import default_device, to_device
 from batray.reward.model import build_reward_model
 
 
@@ -18,6 +19,8 @@ class CriticActor(DistributedWorker):
         self.cfg = cfg
         # A causal-LM path gets a fresh value head (seeded: every rank builds the same one).
         self.model, self.tokenizer = build_reward_model(model_path, load_tokenizer(model_path), seed=seed)
+        self.device = default_device()
+        self.model.to(self.device)
         torch.manual_seed(seed + rank)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
 
@@ -26,10 +29,11 @@ class CriticActor(DistributedWorker):
 
     def values(self, batch: dict) -> torch.Tensor:
         self.model.eval()
-        return train.batch_values(self.model, batch, self.cfg.micro_batch_size)
+        return train.batch_values(self.model, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     def train(self, experience: dict, seed: int) -> dict[str, float]:
-        return train.critic_update(self.model, self.optimizer, experience, self.cfg, seed, self.world_size)
+        return train.critic_update(self.model, self.optimizer, to_device(experience, self.device), self.cfg, seed,
+                                   self.world_size)
 
     def save_checkpoint(self, folder: str) -> None:
         state.save_trainer_state(self.model, self.optimizer, folder, self.rank, tokenizer=self.tokenizer)

@@ -14,6 +14,7 @@ from batray.config.rl import PpoConfig
 from batray.models.presets import load_causal_lm
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import state, train
+from batray.ppo.batch import default_device, to_device
 
 
 class PolicyActor(DistributedWorker):
@@ -22,7 +23,8 @@ class PolicyActor(DistributedWorker):
         torch.manual_seed(seed + rank)
         train.quiet_model_loading()
         self.cfg = cfg
-        self.model = load_causal_lm(model_path)
+        self.device = default_device()
+        self.model = load_causal_lm(model_path, device=self.device)
         self.tokenizer = load_tokenizer(model_path)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor_lr, weight_decay=0.0)
 
@@ -31,9 +33,11 @@ class PolicyActor(DistributedWorker):
 
     def logprobs(self, batch: dict) -> torch.Tensor:
         self.model.eval()
-        return train.response_logprobs(self.model, batch, self.cfg.micro_batch_size)
+        return train.response_logprobs(self.model, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     def train(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> dict[str, float]:
+        experience = to_device(experience, self.device)
+        ptx_batches = [to_device(b, self.device) for b in ptx_batches] if ptx_batches else None
         return train.policy_update(self.model, self.optimizer, experience, ptx_batches, self.cfg, seed, self.world_size)
 
     def weight_buckets(self) -> list:

@@ -6,16 +6,18 @@ import torch
 
 from batray.models.presets import load_causal_lm
 from batray.ppo import train
+from batray.ppo.batch import default_device, to_device
 
 
 class ReferenceActor:
     def __init__(self, model_path: str, micro_batch_size: int = 8):
         train.quiet_model_loading()
-        self.model = load_causal_lm(model_path).eval().requires_grad_(False)
+        self.device = default_device()
+        self.model = load_causal_lm(model_path, device=self.device).eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
 
     def ready(self) -> bool:
         return True
 
     def logprobs(self, batch: dict) -> torch.Tensor:
-        return train.response_logprobs(self.model, batch, self.micro_batch_size)
+        return train.response_logprobs(self.model, to_device(batch, self.device), self.micro_batch_size).cpu()

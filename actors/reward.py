@@ -19,7 +19,10 @@ class RewardActor:
         if kind == "model":
             from batray.reward.model import build_reward_model, read_reward_stats
 
+            from batray.ppo.batch import default_device
+
             self.model, _ = build_reward_model(model_path, self.tokenizer, seed=None)
+            self.model.to(default_device())
             self.model.eval().requires_grad_(False)
             self.mean, self.std = reward.reward_stats(read_reward_stats(model_path))
         else:  # rule: token_fraction

@@ -133,3 +133,13 @@ def split_rows(n: int, parts: int) -> list[slice]:
         out.append(slice(start, start + size))
         start += size
     return out
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    """Every tensor of the batch on `device` (a no-op on CPU)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def default_device() -> torch.device:
+    """The device an actor computes on: its GPU when Ray gave it one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

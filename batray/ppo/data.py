@@ -104,7 +104,8 @@ class PromptStream:
 
 
 class PtxStream:
-    """Packed Eq. 1 blocks of the pretraining corpus: input_ids, labels (IGNORE_INDEX on markers), positions."""
+    """Packed Eq. 1 blocks of the pretraining corpus: input_ids, labels (IGNORE_INDEX on markers), positions,
+    directions (0: l2r, 1: r2l per token)."""
 
     def __init__(self, blocks: list, seed: int):
         if not blocks:
@@ -112,6 +113,7 @@ class PtxStream:
         self.input_ids = torch.tensor([b.input_ids for b in blocks], dtype=torch.long)
         self.labels = torch.tensor([b.labels for b in blocks], dtype=torch.long)
         self.position_ids = torch.tensor([b.position_ids for b in blocks], dtype=torch.long)
+        self.directions = torch.tensor([b.directions for b in blocks], dtype=torch.long)
         self.cursor = _ShuffledCursor(len(blocks), seed + 1)
 
     @classmethod
@@ -138,6 +140,7 @@ class PtxStream:
             "input_ids": self.input_ids[idx],
             "labels": labels,
             "position_ids": self.position_ids[idx],
+            "directions": self.directions[idx],
             "attention_mask": torch.ones_like(labels),
         }
 

@@ -26,8 +26,9 @@ def score_sequences(model, sequences: list[list[int]], pad_id: int, micro_batch_
         for i, s in enumerate(chunk):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, : len(s)] = 1
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        out.append(logits[:, 0].float())
+        device = next(model.parameters()).device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        out.append(logits[:, 0].float().cpu())
     return torch.cat(out)
 
 

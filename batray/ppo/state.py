@@ -107,7 +107,7 @@ def weight_buckets(model, bucket_bytes: int) -> list[dict[str, torch.Tensor]]:
         if current and size + t.numel() * t.element_size() > bucket_bytes:
             buckets.append(current)
             current, size = {}, 0
-        current[name] = t.clone()
+        current[name] = t.to("cpu", copy=True)  # the object store carries host memory
         size += t.numel() * t.element_size()
     if current:
         buckets.append(current)

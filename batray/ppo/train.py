@@ -2,9 +2,9 @@
 
 Plain torch on any number of ranks: each rank holds a full replica and its shard of the batch;
 after every backward the gradients are averaged across ranks with one bucketed all-reduce that has a
-timeout (`batray.distributed.wait_collective`), so a dead peer is a clear error, not a hang. (On GPU
-clusters the same loops run inside DeepSpeed engines; on CPU this replica + all-reduce is exact data
-parallelism without DeepSpeed's machinery.)
+timeout (`batray.distributed.wait_collective`), so a dead peer is a clear error, not a hang. This is
+exact data parallelism (ZeRO stage 0) without DeepSpeed's machinery; sharding the optimizer and the
+parameters (ZeRO-2/3) for models that do not fit one device is not wired into these loops yet.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import math
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from batray.config.rl import PpoConfig
-from batray.data.direction import IGNORE_INDEX
+from batray.objectives.lm import bidirectional_lm_loss
 from batray.objectives.ppo import (
     entropy_from_logits,
     eq4_policy_loss,
@@ -85,20 +84,16 @@ def batch_values(model, batch: Batch, micro_batch_size: int) -> torch.Tensor:
 
 
 def ptx_loss(model, blocks: Batch) -> torch.Tensor:
-    """Eq. 1's negative log-likelihood on packed pretraining blocks (l2r and r2l segments alike).
-
-    Mean over target tokens; labels follow the HF convention (the model's logits at t predict labels
-    at t + 1) with IGNORE_INDEX on direction markers and padding.
-    """
+    """Eq. 4's pretraining term as a loss: Eq. 1's bidirectional NLL per target token on packed blocks
+    (`batray.objectives.lm.bidirectional_lm_loss`, the same loss pretraining optimizes)."""
     logits = model(
         input_ids=blocks["input_ids"],
         attention_mask=blocks["attention_mask"],
         position_ids=blocks["position_ids"],
         use_cache=False,
     ).logits
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), blocks["labels"][:, 1:].flatten(), ignore_index=IGNORE_INDEX
-    )
+    loss, _ = bidirectional_lm_loss(logits, blocks["labels"], blocks["directions"])
+    return loss
 
 
 # ---- gradient averaging across ranks ----------------------------------------------------------

@@ -1,0 +1,372 @@
+"""GPU check for PPO (issue 8): run on a machine with a CUDA GPU; prints one line per check and a JSON summary.
+
+NOT RUN YET: no GPU was available while this was written. Every check is independent, reports
+PASS / FAIL (with the error's first line) / SKIP (with the reason), and the script always finishes.
+
+    python benchmarks/gpu_check.py [--out results.json] [--skip ppo_job,...]
+
+Checks, in order (each small: a GLM-family model of ~30M parameters built from config, no downloads):
+
+1. env          CUDA device, torch / vLLM / DeepSpeed versions.
+2. vllm_rollout the vLLM rollout engine (`make_engine(path, backend="vllm")`) generates; its sampled
+                tokens' log-probabilities match a transformers forward pass of the same model on the
+                GPU (the rollout-vs-trainer mismatch PPO logs every step); `load_weights` with new
+                weights changes the engine's log-probabilities to those of the new weights.
+3. nccl_sync    bucketed NCCL broadcast of a model's weights from rank 0 to the other ranks, through
+                `batray.distributed.wait_collective` with a timeout; needs 2 GPUs (SKIP with one).
+                On one GPU the same broadcast runs in a 1-rank group, timing the bucket path only.
+4. cuda_ipc     the colocated sync path: two Ray actors on fractional shares of ONE GPU; the trainer
+                shares its CUDA weight buffers by IPC handle (torch.multiprocessing reductions), the
+                receiver copies them without a host round trip; checked bit for bit.
+5. zero3        DeepSpeed ZeRO-3 on the model (1 rank): a training step runs, and the full weights
+                gathered with `deepspeed.zero.GatheredParameters` (what a ZeRO-3 policy must do
+                before a weight sync) equal the module's own consolidated state.
+6. ppo_job      `jobs.ppo.run_ppo` end to end on the GPU: every role colocated on fractional GPU
+                shares, rollout backend vLLM when importable (else HF), 3 steps with a rule reward;
+                time per phase from metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+RESULTS: dict[str, dict] = {}
+
+
+def check(name):
+    def wrap(fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                detail = fn(*args, **kwargs) or {}
+                status = detail.pop("status", "PASS")
+            except Exception as e:  # a check never stops the script
+                status, detail = "FAIL", {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                                         "trace": traceback.format_exc(limit=4)}
+            detail["seconds"] = round(time.perf_counter() - t, 2)
+            RESULTS[name] = {"status": status, **detail}
+            shown = {k: v for k, v in detail.items() if k != "trace"}
+            print(f"[{status}] {name}: {json.dumps(shown, default=str)}", flush=True)
+        run.check_name = name
+        return run
+    return wrap
+
+
+def build_checkpoint(work: Path) -> str:
+    """A GLM-family model with vLLM-friendly head size (64), saved with a trained byte-level BPE."""
+    from conftest import SAMPLE_TEXTS
+
+    from batray.checkpoint import save_hf_checkpoint
+    from batray.models.presets import build_model, preset_config
+    from batray.models.tokenizer import train_bpe
+
+    tok = train_bpe(SAMPLE_TEXTS, vocab_size=512)
+    cfg = preset_config("batgpt-tiny", vocab_size=len(tok), hidden_size=512, intermediate_size=1408,
+                        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=64)
+    model = build_model(cfg, seed=0)
+    path = work / "policy"
+    save_hf_checkpoint(model, tok, path, stage="gpu-check")
+    return str(path)
+
+
+@check("env")
+def check_env():
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch sees no CUDA device")
+    out = {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+           "cuda": torch.version.cuda}
+    for mod in ("vllm", "deepspeed", "ray", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+@check("vllm_rollout")
+def check_vllm(path: str):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"status": "SKIP", "reason": "vllm is not installed (pip install 'batray[gpu]' or vllm)"}
+    from batray.models.presets import load_causal_lm
+    from batray.models.tokenizer import load_tokenizer
+    from batray.ppo.batch import Sample, collate
+    from batray.ppo.train import response_logprobs
+    from batray.rollout.engine import SamplingParams, make_engine
+
+    tok = load_tokenizer(path)
+    engine = make_engine(path, backend="vllm")
+    prompts = [tok.encode(f"<|l2r|>[Turn 1]\n\n[User] question {i}\n\n[Assistant] ", add_special_tokens=False)
+               for i in range(32)]
+    t = time.perf_counter()
+    outs = engine.generate(prompts, SamplingParams(max_new_tokens=64, seed=0))
+    gen_s = time.perf_counter() - t
+    new_tokens = sum(len(c.token_ids) for c in outs)
+    model = load_causal_lm(path, device="cuda")
+
+    def gap(model) -> float:
+        batch = collate([Sample(c.prompt_ids, c.token_ids, c.logprobs) for c in outs], tok.pad_token_id)
+        batch = {k: v.cuda() for k, v in batch.items()}
+        logp = response_logprobs(model, batch, micro_batch_size=8)
+        mask = batch["response_mask"]
+        return float(((logp - batch["rollout_logprobs"]).abs() * mask).sum() / mask.sum())
+
+    before = gap(model)
+    # new weights: perturb, sync into the engine, regenerate; the gap must stay small against the NEW model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    engine.load_weights({n: p.detach() for n, p in model.named_parameters()})
+    outs = engine.generate(prompts, SamplingParams(max_new_tokens=64, seed=1))
+    after = gap(model)
+    ok = before < 0.05 and after < 0.05
+    return {"status": "PASS" if ok else "FAIL", "tokens_per_s": round(new_tokens / gen_s, 1),
+            "logprob_gap_mean": round(before, 5), "logprob_gap_after_sync": round(after, 5)}
+
+
+@check("nccl_sync")
+def check_nccl(path: str):
+    import torch
+    import torch.multiprocessing as mp
+
+    world = min(torch.cuda.device_count(), 2)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_nccl_rank, args=(r, world, port, path, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    results = [q.get(timeout=5) for _ in procs]
+    errors = [r for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(errors[0]["error"])
+    out = {"ranks": world, "gb_per_s": results[0]["gb_per_s"], "buckets": results[0]["buckets"]}
+    if world < 2:
+        out.update(status="SKIP", reason="one GPU: NCCL needs a device per rank; timed a 1-rank broadcast only")
+    elif len({r["checksum"] for r in results}) != 1:
+        out.update(status="FAIL", reason="ranks hold different weights after the broadcast")
+    return out
+
+
+def _nccl_rank(rank: int, world: int, port: int, path: str, q) -> None:
+    """Rank 0's (changed) weights broadcast into every rank's model in place, bucket by bucket."""
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from batray.distributed import init_process_group, wait_collective
+        from batray.models.presets import load_causal_lm
+
+        torch.cuda.set_device(rank)
+        init_process_group(rank, world, "127.0.0.1", port, backend="nccl", timeout_s=120)
+        model = load_causal_lm(path, device=f"cuda:{rank}")
+        if rank == 0:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        params = [p for p in model.parameters()]
+        buckets, current, size = [], [], 0
+        for p in params:  # ~16 MB flat buckets, as the trainer would send them
+            current.append(p)
+            size += p.numel() * p.element_size()
+            if size >= 16 << 20:
+                buckets.append(current)
+                current, size = [], 0
+        if current:
+            buckets.append(current)
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        total = 0
+        with torch.no_grad():
+            for bucket in buckets:
+                flat = _flatten_dense_tensors([p.data for p in bucket])
+                wait_collective("weight broadcast", dist.broadcast, flat, src=0, timeout_s=60)
+                for p, synced in zip(bucket, _unflatten_dense_tensors(flat, [p.data for p in bucket])):
+                    p.copy_(synced)
+                total += flat.numel() * flat.element_size()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - t
+        checksum = float(sum(p.double().sum() for p in params))
+        q.put({"rank": rank, "gb_per_s": round(total / seconds / 1e9, 2), "buckets": len(buckets), "checksum": checksum})
+        dist.destroy_process_group()
+    except Exception as e:
+        q.put({"rank": rank, "error": f"{type(e).__name__}: {e}"})
+
+
+@check("cuda_ipc")
+def check_cuda_ipc(path: str):
+    import ray
+
+    @ray.remote(num_gpus=0.4, num_cpus=1)
+    class Sender:
+        def __init__(self, path):
+            from batray.models.presets import load_causal_lm
+
+            self.model = load_causal_lm(path, device="cuda")
+
+        def handles(self):
+            from torch.multiprocessing.reductions import reduce_tensor
+
+            self.keep = {n: p.detach().contiguous() for n, p in self.model.named_parameters()}
+            return {n: reduce_tensor(t) for n, t in self.keep.items()}
+
+        def checksum(self):
+            return float(sum(p.double().sum() for p in self.model.parameters()))
+
+    @ray.remote(num_gpus=0.4, num_cpus=1)
+    class Receiver:
+        def __init__(self, path):
+            from batray.models.presets import load_causal_lm
+
+            self.model = load_causal_lm(path, device="cuda")
+            import torch
+
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.zero_()
+
+        def load(self, handles):
+            import torch
+
+            params = dict(self.model.named_parameters())
+            t = time.perf_counter()
+            with torch.no_grad():
+                for name, (rebuild, args) in handles.items():
+                    params[name].copy_(rebuild(*args))
+            torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+        def checksum(self):
+            return float(sum(p.double().sum() for p in self.model.parameters()))
+
+    sender, receiver = Sender.remote(path), Receiver.remote(path)
+    seconds = ray.get(receiver.load.remote(ray.get(sender.handles.remote())))
+    a, b = ray.get([sender.checksum.remote(), receiver.checksum.remote()])
+    return {"status": "PASS" if a == b else "FAIL", "copy_s": round(seconds, 4), "checksum_equal": a == b}
+
+
+@check("zero3")
+def check_zero3(path: str):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        return {"status": "SKIP", "reason": "deepspeed is not installed"}
+    import deepspeed
+    import torch
+
+    from batray.distributed import free_port
+    from batray.models.presets import load_causal_lm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    model = load_causal_lm(path, dtype=torch.bfloat16)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True},
+              "zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-5}}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    ids = torch.randint(3, 500, (2, 32), device=engine.device)
+    loss = engine(input_ids=ids, labels=ids).loss
+    engine.backward(loss)
+    engine.step()
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        gathered = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    shapes_ok = all(gathered[n].shape == reference[n].shape for n in reference)
+    moved = any(not torch.equal(gathered[n].cpu(), reference[n].cpu()) for n in reference)
+    return {"status": "PASS" if shapes_ok and moved else "FAIL", "loss": float(loss), "shapes_ok": shapes_ok,
+            "weights_changed_by_step": moved}
+
+
+@check("ppo_job")
+def check_ppo_job(path: str, work: Path):
+    import importlib.util
+
+    import ray
+
+    from batray.config import load_config
+    from batray.metrics import read_metrics
+    from conftest import SAMPLE_TEXTS
+    from jobs.ppo import run_ppo
+
+    texts = sorted(set(SAMPLE_TEXTS))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    backend = "vllm" if importlib.util.find_spec("vllm") else "hf"
+    cfg = load_config(None, [
+        "ppo.steps=3", "ppo.rollout_batch_size=32", "ppo.micro_batch_size=16", "ppo.sampling.max_new_tokens=64",
+        "ppo.reward.kind=rule", f"ppo.reward.target_text={json.dumps(' '.join(texts))}", "ppo.colocate=true",
+        f"ppo.rollout.backend={backend}",
+        *[f"ppo.{r}.num_gpus=1" for r in ("policy", "critic", "reference", "reward", "rollout")],
+    ])
+    run_ppo(cfg, str(work / "ppo"), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"))
+    rows = read_metrics(work / "ppo")
+    last = rows[-1]
+    return {"backend": backend, "steps": len(rows), "reward": last["reward"],
+            "rollout_logprob_diff_mean": last["rollout_logprob_diff_mean"],
+            **{k: round(v, 3) for k, v in last.items() if k.startswith("time_")}, "ray": ray.__version__}
+
+
+def _free_port() -> int:
+    from batray.distributed import free_port
+
+    return free_port()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="PPO GPU checks (vLLM rollouts, NCCL sync, CUDA IPC, ZeRO-3, the job)")
+    ap.add_argument("--out", default=None, help="write the JSON summary here (default: $OUT/gpu_check.json if set)")
+    ap.add_argument("--skip", default="", help="comma-separated check names to skip")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    check_env()
+    if RESULTS["env"]["status"] != "PASS":
+        print("no CUDA device: nothing else to check")
+        return 1
+    path = build_checkpoint(work)
+    for fn, args_ in ((check_vllm, (path,)), (check_nccl, (path,)), (check_zero3, (path,))):
+        if fn.check_name not in skip:
+            fn(*args_)
+    if not {"cuda_ipc", "ppo_job"} <= skip:
+        import ray
+
+        from conftest import WORKER_ENV
+
+        ray.init(num_gpus=1, include_dashboard=False, runtime_env=WORKER_ENV, log_to_driver=False)
+        try:
+            if "cuda_ipc" not in skip:
+                check_cuda_ipc(path)
+            if "ppo_job" not in skip:
+                check_ppo_job(path, work)
+        finally:
+            ray.shutdown()
+    out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
+    if out:
+        Path(out).write_text(json.dumps(RESULTS, indent=2, default=str))
+    failed = [n for n, r in RESULTS.items() if r["status"] == "FAIL"]
+    print(f"{len(RESULTS)} checks: {sum(r['status'] == 'PASS' for r in RESULTS.values())} passed, "
+          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
