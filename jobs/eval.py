@@ -25,6 +25,7 @@ from batray.errors import BatrayError
 from batray.eval.modes import get_mode
 from batray.eval.results import RESULTS_FILE, aggregate, find_results, write_run
 from batray.eval.scoring import is_endpoint
+from batray.eval.subjects import subject_table
 from batray.eval.tables import render
 from batray.eval.tasks import PromptFitter, build_requests, load_benchmark, prediction_rows
 from jobs.common import init_ray, resolve, setup_logging, stage_parser
@@ -121,12 +122,22 @@ class Progress:
             self.bar.stop()
 
 
+def mode_options(ecfg: EvalConfig, mode: str) -> dict:
+    """What a mode's `predict` gets: the generation budget, plus `eval.<mode>` when the config has such
+    a section (`eval.rerank` for the rerank mode)."""
+    options: dict = {"max_new_tokens": ecfg.max_new_tokens}
+    section = getattr(ecfg, mode, None)
+    if hasattr(section, "model_dump"):
+        options[mode] = section.model_dump()
+    return options
+
+
 def evaluate(model: str, benchmark: str, data_dir: str, out_dir: str | Path, *, shots: int, mode: str,
              ecfg: EvalConfig, group=None, label: str | None = None, split: str | None = None,
              served_model: str | None = None, api_key_env: str | None = None, bench=None) -> dict:
     """One benchmark x shots x mode run of one model; writes results.json, predictions.jsonl, table.md."""
     mode_impl = get_mode(mode)
-    bench = bench or load_benchmark(benchmark, data_dir, ecfg.subjects, ecfg.limit, split)
+    bench = bench or load_benchmark(benchmark, data_dir, subjects_of(benchmark, ecfg.subjects), ecfg.limit, split)
     style = mode_impl.prompt_style
     fitter = PromptFitter(None if is_endpoint(model) else model, chat=ecfg.chat)
     reserve = 1 if style == "da" else ecfg.max_new_tokens
@@ -137,8 +148,7 @@ def evaluate(model: str, benchmark: str, data_dir: str, out_dir: str | Path, *, 
     try:
         t0 = time.perf_counter()
         what = f"{benchmark} {shots}-shot {mode} ({label or model_label(model)})"
-        preds = score_on_actors(group, mode, benchmark, requests, ecfg.batch_size,
-                                {"max_new_tokens": ecfg.max_new_tokens}, what)
+        preds = score_on_actors(group, mode, benchmark, requests, ecfg.batch_size, mode_options(ecfg, mode), what)
         elapsed = time.perf_counter() - t0
         truncated = sum(group.call("truncated"))
     finally:
@@ -188,7 +198,8 @@ def run_eval(cfg: RecipeConfig, out_dir: str | Path, *, models: dict[str, str], 
                             log.info("eval: %s is complete, skipping", run_dir)
                             results = find_results([run_dir])[0]
                         else:
-                            bench = bench or load_benchmark(benchmark, data_dir, ecfg.subjects, ecfg.limit)
+                            bench = bench or load_benchmark(benchmark, data_dir, subjects_of(benchmark, ecfg.subjects),
+                                                            ecfg.limit)
                             group = group or start_scorers(model, ecfg)
                             results = evaluate(model, benchmark, data_dir, run_dir, shots=shots, mode=mode,
                                                ecfg=ecfg, group=group, label=name, bench=bench)
@@ -204,6 +215,21 @@ def run_eval(cfg: RecipeConfig, out_dir: str | Path, *, models: dict[str, str], 
         tables.parent.mkdir(parents=True, exist_ok=True)
         tables.write_text(render(all_results), encoding="utf-8")
     return {"tables": str(tables), "runs": summaries}
+
+
+def subjects_of(benchmark: str, subjects: list[str] | None) -> list[str] | None:
+    """The names in `eval.subjects` that belong to `benchmark` (one list may name both's subjects)."""
+    if not subjects:
+        return None
+    known = {name for b in ("cmmlu", "ceval") for name in subject_table(b).subjects}
+    unknown = [s for s in subjects if s not in known]
+    if unknown:
+        subject_table(benchmark)[unknown[0]]  # the one-line "unknown subject" error
+    table = subject_table(benchmark)
+    mine = [s for s in subjects if s in table.subjects]
+    if not mine:
+        raise BatrayError(f"eval.subjects names no {benchmark} subject ({', '.join(subjects[:5])})")
+    return mine
 
 
 def compare(paths: list[str]) -> str:
@@ -250,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="folder with the official CSV layout (or holding cmmlu/ and ceval/)")
     p.add_argument("--model", help="checkpoint folder or OpenAI-compatible base URL (http://host:port/v1)")
     p.add_argument("--shots", type=int, help="k dev items as shots (default: eval.shots)")
-    p.add_argument("--mode", help="da (direct answer) or cot (chain of thought)")
+    p.add_argument("--mode", help="da (direct answer), cot (chain of thought) or rerank (cot, N samples ranked both ways)")
     p.add_argument("--subjects", help="comma-separated subject names (default: all present)")
     p.add_argument("--limit", type=int, help="at most N items per subject")
     p.add_argument("--out", help="output folder for results.json, predictions.jsonl, table.md")

@@ -3,9 +3,10 @@
 Both answer two questions about a batch of prompts:
 - `letter_scores(prompts)`: the next-token scores of A/B/C/D after each prompt (`da` mode: the
   prediction is their argmax). Locally this is ONE forward pass per item, batched, keeping only the
-  last position's logits. An endpoint gives its top log-probabilities of the first generated token;
-  a letter absent from them scores -inf; an endpoint that returns no log-probabilities gets None
-  and the caller falls back to reading the letter from the generated text.
+  last position's logits. An endpoint gives the top log-probabilities of its first generated token
+  (top 5 on `/v1/completions`, that API's limit; top 20 on chat); a letter absent from them scores
+  -inf; an endpoint that returns no log-probabilities gets None and the caller falls back to
+  reading the letter from the generated text.
 - `generate(prompts, max_new_tokens)`: greedy text (`cot` mode).
 
 The letter token ids (local): for each letter L, the last token of encoding `prompt + L`, checked to
@@ -57,7 +58,9 @@ class LocalBackend:
 
     # -- tokens -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.prefix + self.tokenizer.encode(text, add_special_tokens=not self.prefix)
+        ids = self.tokenizer.encode(text, add_special_tokens=not self.prefix)
+        # A chat-wrapped prompt already starts with <|l2r|> (BatGPT's chat template puts it first).
+        return ids if self.prefix and ids[:1] == self.prefix else self.prefix + ids
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -186,7 +189,7 @@ class EndpointBackend:
             if logprobs and choice.logprobs and choice.logprobs.content:
                 top = {t.token: t.logprob for t in choice.logprobs.content[0].top_logprobs}
             return choice.message.content or "", top
-        extra = dict(logprobs=self.top_logprobs) if logprobs else {}
+        extra = dict(logprobs=min(self.top_logprobs, 5)) if logprobs else {}  # the completions API allows <= 5
         r = self.client.completions.create(model=self.name, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
                                            **extra)
         choice = r.choices[0]
