@@ -58,5 +58,24 @@ def init_ray(cfg: RecipeConfig | None = None, **kwargs):
         pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}}
     init_kwargs.update(kwargs)
-    ray.init(**init_kwargs)
+    start_ray(**init_kwargs)
     return ray
+
+
+def start_ray(attempts: int = 3, **init_kwargs) -> None:
+    """`ray.init`, retried when a local node times out at startup.
+
+    On a small, busy machine (2 cores running other Ray clusters) the raylet can miss its fixed
+    startup deadline; a second try usually succeeds, and the error stays visible if none does.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts or "address" in init_kwargs:
+                raise
+            logging.getLogger("batray").warning("local Ray timed out at startup (busy machine); retry %d", attempt)
+            ray.shutdown()

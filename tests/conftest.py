@@ -47,9 +47,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def start_local_ray():
-    import ray
+    from jobs.common import start_ray
 
-    ray.init(
+    start_ray(
         num_cpus=4,
         include_dashboard=False,
         namespace="batray-tests",
