@@ -68,7 +68,9 @@ def run_label(cfg: RecipeConfig, out_dir: str, *, pairs: str | None = None,
     server = None
     if not endpoints:
         server = _serve_sft_judge(cfg)
-        endpoints = [EndpointConfig(url=server.url, model=server.model, api_key_env=None)]
+        # Our own server scores the option numbers directly (guided_choice): a small SFT model need not
+        # have learned to answer with a bare number for its logprobs to be read.
+        endpoints = [EndpointConfig(url=server.url, model=server.model, api_key_env=None, guided_choice=True)]
     init_ray(cfg)
     group = ActorGroup(LabelerActor, lc.num_labelers, num_cpus=lc.labeler_cpus, init_kwargs={"templates_dir": lc.templates})
     failures: list[dict] = []
@@ -78,7 +80,7 @@ def run_label(cfg: RecipeConfig, out_dir: str, *, pairs: str | None = None,
             settings = EndpointSettings(
                 url=ep.url, model=ep.model, concurrency=math.ceil(ep.concurrency / lc.num_labelers), timeout_s=ep.timeout_s,
                 max_retries=ep.max_retries, backoff_s=ep.backoff_s, max_backoff_s=ep.max_backoff_s,
-                top_logprobs=ep.top_logprobs, max_answer_tokens=ep.max_answer_tokens)
+                top_logprobs=ep.top_logprobs, max_answer_tokens=ep.max_answer_tokens, guided_choice=ep.guided_choice)
             rater = rater_name(settings)
             todo = [p for p in todo_pairs if (p["pair_id"], rater) not in done]
             log.info("%s: %d pairs to label (%d already labeled)", rater, len(todo), len(todo_pairs) - len(todo))

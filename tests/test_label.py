@@ -235,15 +235,15 @@ def test_fact_checking_judge_on_demo_world(tmp_path, ray_session):
 
 
 def test_batray_serve_as_judge(tmp_path, ray_session, tiny_checkpoint):
+    """The tiny recipe's judge: `batray serve` on a (here random) checkpoint, answers read through
+    guided_choice log-probabilities, so every pair gets a label with a calibrated confidence."""
     path = str(tmp_path / "pairs.jsonl")
-    write_jsonl(_pairs(4), path)
+    write_jsonl(_pairs(3) + [{**_pairs(1)[0], "pair_id": "zh", "prompt": "维洛里亚的首都是哪里？"}], path)
     with start_server(tiny_checkpoint) as h:
-        ep = EndpointConfig(url=h.url, model=h.model, api_key_env=None, timeout_s=60, max_answer_tokens=4)
+        ep = EndpointConfig(url=h.url, model=h.model, api_key_env=None, timeout_s=120, guided_choice=True)
         run_label(_cfg(tmp_path), str(tmp_path / "label"), pairs=path, endpoints=[ep])
     labeled = pq.read_table(tmp_path / "label" / "ai.parquet").to_pylist()
-    failed = pq.read_table(tmp_path / "label" / "failures.parquet").to_pylist()
-    # A random tiny model is no judge, but every pair ends labeled (from logprobs) or as unparsable.
-    assert len(labeled) + len(failed) == 4
-    assert all(f["error"].startswith("unparsable answer") for f in failed)
+    assert pq.read_table(tmp_path / "label" / "failures.parquet").num_rows == 0
+    assert sorted(r["pair_id"] for r in labeled) == ["p000", "p001", "p002", "zh"]
     for r in labeled:
-        assert r["d"] in (-1, 0, 1) and 0 < r["confidence"] <= 1 and r["rater"] == f"{h.model}@{h.url}"
+        assert r["d"] in (-1, 0, 1) and 0 < r["confidence"] < 1 and r["rater"] == f"{h.model}@{h.url}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import openai
 import pytest
@@ -104,6 +105,25 @@ def test_completions_logprobs_echo_and_stop(server, client):
         cut = client.completions.create(model=server.model, prompt="Marnet is", max_tokens=12, temperature=0,
                                         stop=[stop])
         assert cut.choices[0].text == full[: full.find(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_guided_choice_scores_the_choices(server, client, served):
+    r = client.chat.completions.create(model=server.model, messages=CHAT, logprobs=True, top_logprobs=4,
+                                       extra_body={"guided_choice": ["1", "2", "3", "4"]})
+    content = r.choices[0].message.content
+    top = r.choices[0].logprobs.content[0].top_logprobs
+    assert sorted(t.token for t in top) == ["1", "2", "3", "4"] and top[0].token == content
+    assert top[0].logprob >= top[-1].logprob and sum(math.exp(t.logprob) for t in top) <= 1 + 1e-6
+    # the score is the model's own next-token log-probability of each choice after the chat prompt
+    import torch
+
+    tok = served.tokenizer
+    ids = tok(tok.apply_chat_template(CHAT, tokenize=False), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = served.generator.model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+    for t in top:
+        (choice_id,) = tok(t.token, add_special_tokens=False)["input_ids"]
+        assert t.logprob == pytest.approx(float(logp[choice_id]), abs=1e-4)
 
 
 def test_openai_style_errors(server, client):

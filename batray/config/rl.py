@@ -44,6 +44,9 @@ class EndpointConfig(Schema):
     max_backoff_s: float = Field(default=20.0, ge=0)
     top_logprobs: int = Field(default=20, ge=0, le=20, description="0: never ask for logprobs, parse the text")
     max_answer_tokens: int = Field(default=8, ge=1)
+    guided_choice: bool = Field(
+        default=False, description="send vLLM's guided_choice extension (batray serve and vLLM accept it; OpenAI does not)"
+    )
 
 
 class LabelConfig(Schema):

@@ -65,6 +65,7 @@ class EndpointSettings:
     max_backoff_s: float = 20.0
     top_logprobs: int = 20  # 0: do not ask for log-probabilities (parse text only)
     max_answer_tokens: int = 8
+    guided_choice: bool = False  # send vLLM's `guided_choice` with the option numbers (batray serve, vLLM)
 
 
 def _retryable_status(status: int) -> bool:
@@ -93,7 +94,7 @@ class JudgeClient:
             self.stats["requests"] += 1
             self.stats["retries"] += bool(attempt)
             try:
-                text, tokens = await self._request(messages)
+                text, tokens = await self._request(messages, len(options))
             except _Retry as r:
                 last = str(r)
                 self.stats[r.kind] += 1
@@ -110,11 +111,13 @@ class JudgeClient:
             return min(retry_after, self.s.max_backoff_s)
         return min(self.s.backoff_s * 2**attempt, self.s.max_backoff_s) * random.uniform(0.5, 1.0)
 
-    async def _request(self, messages: list[dict]) -> tuple[str, list | None]:
+    async def _request(self, messages: list[dict], n_options: int) -> tuple[str, list | None]:
         kwargs = dict(model=self.s.model, messages=messages, temperature=0.0, max_tokens=self.s.max_answer_tokens,
                       seed=0)
         if self.use_logprobs:
             kwargs.update(logprobs=True, top_logprobs=self.s.top_logprobs)
+        if self.s.guided_choice:
+            kwargs["extra_body"] = {"guided_choice": [str(i + 1) for i in range(n_options)]}
         try:
             async with self.sem:
                 resp = await self.client.chat.completions.create(**kwargs)

@@ -159,6 +159,8 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
             raise APIError(400, str(e), param="messages") from None
         text = served.tokenizer.apply_chat_template(messages, tokenize=False)
         prompt_ids = served.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if req.guided_choice is not None:
+            return await _guided_choice(req, prompt_ids)
         top = (req.top_logprobs or 0) if req.logprobs else None
         rows = _rows(prompt_ids, req, req.token_budget(), top)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -194,6 +196,30 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
                 "choices": choices, "usage": _usage(sum(len(p) for p in prompts), results)}
 
     # ---- helpers -----------------------------------------------------------------------------
+
+    async def _guided_choice(req: ChatCompletionRequest, prompt_ids: list[int]) -> dict:
+        """Answer with the most likely of `req.guided_choice`; logprobs list every choice's log p(choice | prompt)."""
+        score = getattr(served.generator, "score_choices", None)
+        if score is None:
+            raise APIError(400, "guided_choice is not supported by this backend", param="guided_choice")
+        if req.stream:
+            raise APIError(400, "guided_choice cannot be streamed", param="stream")
+        _rows(prompt_ids, req, 1, None)  # the context check
+        scores = await asyncio.to_thread(score, prompt_ids, req.guided_choice)
+        ranked = sorted(zip(req.guided_choice, scores), key=lambda cs: -cs[1])
+        best, best_lp = ranked[0]
+        logprobs = None
+        if req.logprobs:
+            top = ranked[: max(req.top_logprobs or 0, 1)]
+            logprobs = {"content": [{"token": best, "logprob": best_lp, "bytes": list(best.encode()),
+                                     "top_logprobs": [{"token": c, "logprob": lp, "bytes": list(c.encode())}
+                                                      for c, lp in top]}]}
+        n_best = len(served.tokenizer(best, add_special_tokens=False)["input_ids"])
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": served.name, "choices": [{"index": i, "message": {"role": "assistant", "content": best},
+                                                   "finish_reason": "stop", "logprobs": logprobs} for i in range(req.n)],
+                "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_best * req.n,
+                          "total_tokens": len(prompt_ids) + n_best * req.n}}
 
     async def _rerank(req):
         if rerank is None:

@@ -12,6 +12,7 @@ and vLLM (default `raw_logprobs`) report them; the judge's confidence relies on 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ class HFGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.context_len = int(getattr(model.config, "max_position_embeddings", 2048))
         self._token_text: dict[int, str] = {}
+        self.lock = threading.Lock()  # one forward at a time: the generation loop and choice scoring
         # transformers 5 renamed `past_key_values` to `cache` in forward(); older models keep the old name.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -104,8 +106,31 @@ class HFGenerator:
         return self._token_text[token_id]
 
     @torch.no_grad()
+    def score_choices(self, prompt_ids: list[int], choices: list[str]) -> list[float]:
+        """log p(choice | prompt) of each choice string, summed over its tokens (for `guided_choice`)."""
+        seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        width = len(prompt_ids) + max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):  # right padding: every choice starts right after the prompt
+            ids[i, : len(prompt_ids) + len(s)] = torch.tensor(prompt_ids + s)
+            mask[i, : len(prompt_ids) + len(s)] = 1
+        with self.lock:
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        logp = logits.float().log_softmax(-1)
+        out = []
+        for i, s in enumerate(seqs):
+            pos = torch.arange(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(s))
+            out.append(float(logp[i, pos, torch.tensor(s)].sum()))
+        return out
+
+    @torch.no_grad()
     def generate(self, rows: list[GenRow]) -> None:
         """Generate every row to its end, calling `row.emit` once per step per live row."""
+        with self.lock:
+            self._generate(rows)
+
+    def _generate(self, rows: list[GenRow]) -> None:
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -126,7 +151,7 @@ class HFGenerator:
             r.top_logprobs is not None for r in rows) else None
 
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._keep_last)
-        past = out.past_key_values
+        past = getattr(out, self._cache_kwarg)
         logits = out.logits[:, -1, :]
         for step in range(max(r.max_tokens for r in rows)):
             logp = logits.float().log_softmax(-1) if want_top is not None else None
@@ -171,5 +196,5 @@ class HFGenerator:
             positions = positions[:, -1:] + 1
             out = self.model(input_ids=next_ids[:, None].to(self.device), attention_mask=mask,
                              position_ids=positions, use_cache=True, **{self._cache_kwarg: past})
-            past = out.past_key_values
+            past = getattr(out, self._cache_kwarg)
             logits = out.logits[:, -1, :]

@@ -68,6 +68,16 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # vLLM's extension: answer with exactly one of these strings. batray scores each choice's
+    # log-probability given the prompt and answers with the best (the judge uses it with a local model).
+    guided_choice: list[str] | None = Field(default=None, min_length=1, max_length=32)
+
+    @field_validator("guided_choice")
+    @classmethod
+    def _choices_nonempty(cls, v):
+        if v is not None and any(not c for c in v):
+            raise ValueError("guided_choice strings must be non-empty")
+        return v
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
