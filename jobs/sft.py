@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
+
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig, join_uri
 from batray.data.io import read_rows, write_rejected
@@ -53,7 +55,8 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str | None
             report.rejected.append({"reason": str(e), "row": row})
             continue
         truncated += sample.dropped_turns > 0
-        padded = pad_sft_sample(sample.input_ids, sample.labels, scfg.seq_len, tokenizer.pad_token_id)
+        padded = {k: np.asarray(v, dtype=np.int32)  # fixed-shape tensor columns in Ray Data
+                  for k, v in pad_sft_sample(sample.input_ids, sample.labels, scfg.seq_len, tokenizer.pad_token_id).items()}
         key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
         (eval_rows if is_held_out(key, cfg.data.held_out_fraction, cfg.seed) else train_rows).append(padded)
     log.info("%s; %d truncated from the oldest turns; %d train / %d held out", report.summary(f"sft data {data}"),

@@ -31,7 +31,10 @@ class TrainTask:
         """Numpy columns -> tensors on the worker's device (ints become int64)."""
         out = {}
         for k, v in batch.items():
-            t = torch.as_tensor(np.asarray(v))
+            v = np.asarray(v)
+            if v.dtype == object:  # a column of per-row arrays (e.g. lists without a tensor type)
+                v = np.stack([np.asarray(x) for x in v])
+            t = torch.tensor(v)  # a copy: Ray Data hands out read-only arrays
             if not t.is_floating_point():
                 t = t.long()
             out[k] = t.to(device)
