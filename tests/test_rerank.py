@@ -139,3 +139,21 @@ def test_chat_rerank_option(tiny_checkpoint):
     assert len(result.candidates) == 3 and answer == result.best.text.strip()
     assert result.best_index == best_index([c.scores.forward_per_token for c in result.candidates])
     assert out.getvalue() == answer + "\n" and session.messages[-1] == {"role": "assistant", "content": answer}
+
+
+def test_eval_rerank_mode(tiny_checkpoint):
+    from batray.eval.modes import Request, get_mode
+    from batray.eval.scoring import LocalBackend
+
+    backend = LocalBackend(tiny_checkpoint, batch_size=4)
+    requests = [Request("s", i, f"题目 {i}：维洛里亚的首都是？\nA. 马尔内\nB. 奎洛\nC. 萨登\nD. 博塔\n答案：", "A",
+                        ("马尔内", "奎洛", "萨登", "博塔"), 0) for i in range(2)]
+    mode = get_mode("rerank")
+    assert mode.prompt_style == "cot"
+    options = {"max_new_tokens": 6, "rerank": RerankConfig(n=3, weight=0.0, seed=5).model_dump()}
+    rows = mode.predict(backend, requests, "cmmlu", **options)
+    assert len(rows) == 2 and all(len(r["scores"]) == 3 and "pred" in r for r in rows)
+    # weight 0: the text is the forward-only best of the same three samples (same batching, same seed)
+    reranker = Reranker(backend.model, backend.tokenizer, batch_size=4)
+    local = reranker.rerank([backend.encode(r.prompt) for r in requests], 3, 0.0, SamplingParams(1.0, 1.0, 6, 5))
+    assert [r["text"] for r in rows] == [x.best.text for x in local]
