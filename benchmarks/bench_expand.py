@@ -5,7 +5,7 @@
 Builds a GLM checkpoint (BatGPT family: grouped KV heads, fused gate/up, QKV bias) of random float32
 weights in 4 safetensors shards, then, side by side in one run:
   1. `expand` serially in a child process (heads x2 incl. KV, FFN x2, method exact), no probe: its
-     wall time and the child's peak RSS (getrusage), against the checkpoint's and largest tensor's size;
+     wall time and the child's peak RSS (sampled every 5 ms while expanding), against the checkpoint's and largest tensor's size;
   2. the same expansion with one Ray task per output shard (2 CPUs);
   3. the baseline: copying the expanded output's bytes with the filesystem (shutil.copyfile), the
      limit any expansion could reach.
@@ -69,12 +69,33 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from batray.expansion import Request, expand
+import threading
 import transformers, safetensors.torch  # imported before the baseline reading, as expand would
-baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def rss():
+    """(total, anonymous) resident bytes; the rest is file-backed: pages of the memory-mapped source
+    shards, which the kernel can drop at any time."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    kb = lambda k: int(fields[k].split()[0]) * 1024
+    return kb("VmRSS"), kb("RssAnon")
+
+peak, peak_anon, stop = [rss()[0]], [rss()[1]], threading.Event()
+baseline_rss, baseline_anon = peak[0], peak_anon[0]
+
+def sample():  # the current RSS every 5 ms: ru_maxrss would be dominated by the imports' own peak
+    while not stop.is_set():
+        total, anon = rss()
+        peak[0], peak_anon[0] = max(peak[0], total), max(peak_anon[0], anon)
+        time.sleep(0.005)
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 t0 = time.perf_counter()
 report = expand({src!r}, {dst!r}, Request(**{request!r}), probe=False, max_shard_bytes=512 << 20)
+stop.set(); sampler.join()
 print(json.dumps({{"seconds": time.perf_counter() - t0, "bytes": report["bytes_written"], "shards": report["shards"],
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "baseline_rss": baseline_rss}}))
+                  "peak_rss": peak[0], "baseline_rss": baseline_rss,
+                  "peak_anon": peak_anon[0], "baseline_anon": baseline_anon}}))
 """
 
 
@@ -91,8 +112,14 @@ def expand_ray(src: Path, dst: Path) -> dict:
     from batray.expansion import Request, expand
     from jobs.expand import ray_shard_runner
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    for attempt in range(3):  # a local Ray can time out starting on a box crowded by other work
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     try:
         t0 = time.perf_counter()
         report = expand(src, dst, Request(**REQUEST), probe=False, max_shard_bytes=512 << 20,
@@ -130,23 +157,26 @@ def main() -> None:
           f"in 4 shards; largest tensor {info['largest_shape']} = {info['largest_tensor_bytes'] / 1e6:.0f} MB")
     print(f"request: {REQUEST}")
 
+    gbps = lambda r: r["bytes"] / r["seconds"] / 1e9  # noqa: E731
     serial = expand_serial(src, work / "serial")
     os.sync()
-    parallel = expand_ray(src, work / "ray")
-    os.sync()
     baseline = copy_bytes(work / "serial", work / "copy")
-    gbps = lambda r: r["bytes"] / r["seconds"] / 1e9  # noqa: E731
+    shutil.rmtree(work / "copy")
     print(f"output: {serial['bytes'] / 1e9:.2f} GB in {serial['shards']} shards")
     print(f"expand, serial (1 process):    {serial['seconds']:7.2f} s  {gbps(serial):.3f} GB/s written")
+    print(f"filesystem copy, same bytes:   {baseline['seconds']:7.2f} s  {gbps(baseline):.3f} GB/s", flush=True)
+    parallel = expand_ray(src, work / "ray")
     print(f"expand, Ray tasks (2 CPUs):    {parallel['seconds']:7.2f} s  {gbps(parallel):.3f} GB/s written")
-    print(f"filesystem copy, same bytes:   {baseline['seconds']:7.2f} s  {gbps(baseline):.3f} GB/s")
     print(f"ratio expand/copy throughput: serial {gbps(serial) / gbps(baseline):.2f}, "
           f"Ray {gbps(parallel) / gbps(baseline):.2f}")
     print(f"peak RSS of the serial expansion: {serial['peak_rss'] / 1e6:.0f} MB = "
           f"{serial['peak_rss'] / info['bytes']:.3f} x source, {serial['peak_rss'] / serial['bytes']:.3f} x output, "
           f"{serial['peak_rss'] / info['largest_tensor_bytes']:.1f} x largest source tensor; "
-          f"{(serial['peak_rss'] - serial['baseline_rss']) / 1e6:.0f} MB above the interpreter with torch imported "
-          f"({serial['baseline_rss'] / 1e6:.0f} MB)")
+          f"{(serial['peak_rss'] - serial['baseline_rss']) / 1e6:.0f} MB above the process before expanding "
+          f"({serial['baseline_rss'] / 1e6:.0f} MB: python + torch + transformers)")
+    print(f"  of which anonymous (the expansion's own buffers, not mapped source pages): peak "
+          f"{(serial['peak_anon'] - serial['baseline_anon']) / 1e6:.0f} MB above the start = "
+          f"{(serial['peak_anon'] - serial['baseline_anon']) / info['largest_tensor_bytes']:.1f} x largest source tensor")
     print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}; ru_maxrss of this driver {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB")
     shutil.rmtree(work)

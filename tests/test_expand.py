@@ -194,3 +194,12 @@ def test_unknown_architecture_fails_before_writing(tmp_path):
     with pytest.raises(BatrayError, match="unknown architecture 'gpt2'"):
         expand(src, tmp_path / "never", Request(hidden_size=32))
     assert not (tmp_path / "never").exists()
+
+
+def test_probe_streams_layers_from_disk_for_models_too_big_for_memory(sources):
+    """The big-model probe path (decoder layers offloaded, read in place) gives the in-memory logits."""
+    from batray.expansion.probe import logits_of
+
+    in_memory = logits_of(sources["llama"], IDS)
+    offloaded = logits_of(sources["llama"], IDS, offload=True)
+    assert torch.allclose(in_memory, offloaded, atol=1e-5)
