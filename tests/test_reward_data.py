@@ -149,3 +149,17 @@ def test_held_out_metrics_and_calibration_by_hand():
     top = by_bin[(2.0, float("inf"))]
     assert top["pairs"] == 1 and top["accuracy"] == 1.0 and top["ties"] == 1
     assert top["p_bt"] == pytest.approx(float(torch.sigmoid(torch.tensor(3.0))))
+
+
+def test_cli_reports_missing_inputs_and_bad_tie_settings_in_one_line(tmp_path, capsys):
+    from batray.cli import main
+
+    assert main(["reward", "--run-dir", str(tmp_path), "reward.init_from=batgpt-tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "preferences.parquet" in err and "batray prefs" in err
+    assert main(["reward", "--run-dir", str(tmp_path)]) == 2  # no SFT model in the run yet
+    assert "sft/final" in capsys.readouterr().err
+    assert main(["reward", "reward.tie_loss=band", "reward.tie_band=1.5"]) == 2
+    assert "tie_band (1.5) must be below margin (1.0)" in capsys.readouterr().err
+    assert main(["reward", "reward.tie_loss=rao_kupper", "reward.tie_band=0"]) == 2
+    assert "initial threshold" in capsys.readouterr().err

@@ -96,13 +96,18 @@ class RewardTask(TrainTask):
         return RewardModule(model, self.tie_band if self.tie_loss == "rao_kupper" else None)
 
     def to_device(self, batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-        len_a, len_b = torch.as_tensor(batch["len_a"]).long(), torch.as_tensor(batch["len_b"]).long()
+        def column(name: str) -> torch.Tensor:  # a copy: Ray Data hands out read-only arrays
+            v = np.asarray(batch[name])
+            if v.dtype == object:  # per-row arrays that did not arrive as one tensor column
+                v = np.stack([np.asarray(x) for x in v])
+            return torch.from_numpy(v.astype(np.int64))
+
+        len_a, len_b = column("len_a"), column("len_b")
         width = int(max(len_a.max(), len_b.max()))
-        ids = torch.cat([torch.as_tensor(batch["ids_a"])[:, :width], torch.as_tensor(batch["ids_b"])[:, :width]]).long()
+        ids = torch.cat([column("ids_a")[:, :width], column("ids_b")[:, :width]])
         lengths = torch.cat([len_a, len_b])
         mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                "d": torch.as_tensor(batch["d"]).long().to(device)}
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "d": column("d").to(device)}
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())

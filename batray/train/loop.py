@@ -205,7 +205,8 @@ def progress_line(stage: str, step: int, max_steps: int, m: dict[str, float]) ->
     parts = [f"[{stage}] step {step}/{max_steps}"]
     for key, fmt in (("loss", "loss {:.4f}"), ("loss_l2r", "l2r {:.4f}"), ("loss_r2l", "r2l {:.4f}"),
                      ("eval_loss", "eval {:.4f}"), ("eval_loss_l2r", "eval_l2r {:.4f}"),
-                     ("eval_loss_r2l", "eval_r2l {:.4f}"), ("lr", "lr {:.2e}"), ("tokens_per_s", "{:.0f} tok/s")):
+                     ("eval_loss_r2l", "eval_r2l {:.4f}"), ("accuracy", "acc {:.3f}"),
+                     ("eval_accuracy", "eval_acc {:.3f}"), ("lr", "lr {:.2e}"), ("tokens_per_s", "{:.0f} tok/s")):
         if key in m and isinstance(m[key], float):
             parts.append(fmt.format(m[key]))
     return "  ".join(parts)
