@@ -84,13 +84,28 @@ def score_on_actors(group, mode: str, benchmark: str, requests: list, batch_size
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             actor, idx = pending.pop(ref)
-            for i, pred in zip(idx, ray.get(ref)):
+            for i, pred in zip(idx, _get(ref)):
                 results[i] = pred
             free.append(actor)
             done += len(idx)
             progress.update(done)
     progress.close()
     return results  # type: ignore[return-value]
+
+
+def _get(ref):
+    """ray.get, with a user's error (bad endpoint, bad model) surfaced as one line."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause
+        if isinstance(cause, BatrayError):
+            raise cause from None
+        if type(cause).__module__.startswith("openai"):
+            raise BatrayError(f"the endpoint refused a request: {type(cause).__name__}: {cause}") from None
+        raise
 
 
 class Progress:
