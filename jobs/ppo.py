@@ -68,6 +68,7 @@ class PpoRoles:
 
         self.ppo = ppo
         self.pgs = []
+        self.groups = {}
         specs = {
             "policy": (PolicyActor, (policy_path, ppo, seed), {}),
             "critic": (CriticActor, (critic_path, ppo, seed), {}),
@@ -76,20 +77,23 @@ class PpoRoles:
                        {"target_text": ppo.reward.target_text, "micro_batch_size": ppo.micro_batch_size}),
             "rollout": (RolloutActor, (rollout_path,), rollout_kwargs(ppo)),
         }
-        placement = self._colocated(make_placement_group) if ppo.colocate else self._separate(make_placement_group)
-        self.groups = {}
-        for role in ROLES:
-            cls, args, kwargs = specs[role]
-            cfg: RoleConfig = getattr(ppo, role)
-            pg, bundles, cpus, gpus = placement[role]
-            # Rollout engines are re-synced before a redo, so Ray must not silently retry their calls;
-            # scoring is stateless, so Ray may retry it on the restarted reward actor.
-            retries = cfg.max_restarts if role == "reward" else 0
-            self.groups[role] = ActorGroup(
-                cls, cfg.num_actors, num_cpus=cpus, num_gpus=gpus, pg=pg, bundle_indices=bundles,
-                init_args=args, init_kwargs=kwargs, max_restarts=cfg.max_restarts, max_task_retries=retries,
-                name=f"ppo-{role}",
-            )
+        try:
+            placement = self._colocated(make_placement_group) if ppo.colocate else self._separate(make_placement_group)
+            for role in ROLES:
+                cls, args, kwargs = specs[role]
+                cfg: RoleConfig = getattr(ppo, role)
+                pg, bundles, cpus, gpus = placement[role]
+                # Rollout engines are re-synced before a redo, so Ray must not silently retry their calls;
+                # scoring is stateless, so Ray may retry it on the restarted reward actor.
+                retries = cfg.max_restarts if role == "reward" else 0
+                self.groups[role] = ActorGroup(
+                    cls, cfg.num_actors, num_cpus=cpus, num_gpus=gpus, pg=pg, bundle_indices=bundles,
+                    init_args=args, init_kwargs=kwargs, max_restarts=cfg.max_restarts, max_task_retries=retries,
+                    name=f"ppo-{role}",
+                )
+        except BaseException:
+            self.shutdown()  # no placement group outlives a failed start
+            raise
 
     def _colocated(self, make_pg) -> dict:
         """One group of max(num_actors) bundles sized by the largest role; the five roles on a bundle
@@ -118,10 +122,21 @@ class PpoRoles:
         return self.groups[role]
 
     def wait_ready(self, timeout_s: float) -> None:
+        """Every actor constructed (models loaded); a role whose actor fails to start is named."""
         import ray
 
-        refs = [a.ready.remote() for g in self.groups.values() for a in g.actors]
-        ray.get(refs, timeout=timeout_s)
+        pending = {a.ready.remote(): role for role, g in self.groups.items() for a in g.actors}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                roles = sorted(set(pending.values()))
+                raise BatrayError(f"ppo: {', '.join(roles)} actor(s) not ready within {timeout_s:g}s (ppo.actor_timeout_s)")
+            role = pending.pop(done[0])
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayError as e:
+                raise BatrayError(f"ppo: the {role} actor failed to start: {_root_cause(e)}") from None
 
     def node_ids(self) -> dict[str, list[str]]:
         """Node of every actor, per role (for placement checks)."""
@@ -153,6 +168,10 @@ def _sync_tag(engine, tag=None):
     if tag is not None:
         engine._batray_synced_step = tag
     return getattr(engine, "_batray_synced_step", None)
+
+
+class StaleEngine(Exception):
+    """A rollout engine answered without the latest weights (it was restarted after the last sync)."""
 
 
 class Driver:
@@ -232,9 +251,9 @@ class Driver:
                     refs.append(engine.generate.remote([ids for _, ids in batch_prompts[rows]], params))
                 results = ray.get(refs, timeout=self.ppo.actor_timeout_s)
                 if not self._engines_in_sync():  # restarted after the sync: generated with stale weights
-                    raise ray.exceptions.RayActorError()
+                    raise StaleEngine("a rollout engine was restarted after the last weight sync")
                 break
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, StaleEngine) as e:
                 self._recover("rollout", e, attempt)
                 attempt += 1
         samples = []
@@ -363,6 +382,12 @@ def _mean_rows(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
 
 
+def _root_cause(err: Exception) -> str:
+    """The last line of a remote traceback (the original exception), else the first line."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -456,6 +481,9 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
                 if "OutOfMemory" in str(e):
                     raise BatrayError(_failure(f"step {step}: out of memory ({_first_line(e)})", ckpt_root)) from None
                 raise
+            except ray.exceptions.GetTimeoutError:
+                raise BatrayError(_failure(f"step {step}: a role did not answer within {ppo.actor_timeout_s:g}s "
+                                           "(ppo.actor_timeout_s)", ckpt_root)) from None
             except BatrayError as e:
                 raise BatrayError(_failure(f"step {step}: {e}", ckpt_root)) from None
             metrics.log(step, **row)

@@ -163,3 +163,21 @@ def test_weight_buckets_cover_every_parameter(tiny_checkpoint):
     assert len(buckets) > 1
     names = [n for b in buckets for n in b]
     assert names == [n for n, _ in model.named_parameters()]
+
+
+def test_config_and_input_errors_are_one_line(tmp_path):
+    from batray.config import load_config
+    from batray.errors import BatrayError, ConfigError
+    from jobs.ppo import run_ppo
+
+    with pytest.raises(ConfigError, match=r"ppo: .*rollout_batch_size \(12\).*policy.num_actors"):
+        load_config(None, ["ppo.rollout_batch_size=12", "ppo.num_minibatches=2", "ppo.policy.num_actors=4"])
+    with pytest.raises(ConfigError, match=r"ppo.reward.*target_text"):
+        load_config(None, ["ppo.reward.kind=rule"])
+    with pytest.raises(ConfigError, match=r"ppo.kl_estimator"):
+        load_config(None, ["ppo.kl_estimator=k4"])
+    cfg = load_config(None, [])
+    with pytest.raises(BatrayError, match="no reward model was given"):
+        run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path), reward_model=None, prompts="p.jsonl")
+    with pytest.raises(BatrayError, match="policy_init .* is not a checkpoint folder"):
+        run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path / "missing"), reward_model=str(tmp_path), prompts="p.jsonl")
