@@ -66,12 +66,10 @@ def run_label(cfg: RecipeConfig, out_dir: str, *, pairs: str | None = None,
     labeled = read_parquet(ai_path).to_pylist() if exists(ai_path) else []
     done = {(r["pair_id"], r["rater"]) for r in labeled}
     server = None
-    if not endpoints:
-        server = _serve_sft_judge(cfg)
-        # Our own server scores the option numbers directly (guided_choice): a small SFT model need not
-        # have learned to answer with a bare number for its logprobs to be read.
-        endpoints = [EndpointConfig(url=server.url, model=server.model, api_key_env=None, guided_choice=True)]
     init_ray(cfg)
+    if not endpoints:
+        server, judge = _serve_sft_judge(cfg)
+        endpoints = [judge]
     group = ActorGroup(LabelerActor, lc.num_labelers, num_cpus=lc.labeler_cpus, init_kwargs={"templates_dir": lc.templates})
     failures: list[dict] = []
     try:
@@ -135,6 +133,12 @@ def _label_with_pool(group, todo: list[dict], settings, key, lc, per_pair_max: i
 
 
 def _serve_sft_judge(cfg: RecipeConfig):
+    """Serve the run's SFT model as the judge: on 127.0.0.1 for a one-node Ray; on all interfaces
+    with a random API key (handed to the labelers, never written) when labelers may run elsewhere."""
+    import secrets
+
+    import ray
+
     from batray.models.presets import is_checkpoint_dir
     from batray.serve import start_server
 
@@ -144,9 +148,20 @@ def _serve_sft_judge(cfg: RecipeConfig):
     if not is_checkpoint_dir(sft):
         raise BatrayError(f"label: no endpoint given and no SFT model at {sft} to serve as the judge; "
                           "pass --endpoint URL --model NAME or run `batray sft` first")
-    handle = start_server(sft)
-    log.info("serving the SFT model %s as the judge on %s", sft, handle.url)
-    return handle
+    one_node = sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+    key = None if one_node else secrets.token_urlsafe(24)
+    handle = start_server(sft, host="127.0.0.1" if one_node else "0.0.0.0", api_key=key)
+    url = handle.url if one_node else handle.url.replace("127.0.0.1", ray.util.get_node_ip_address())
+    if key is not None:
+        os.environ[_JUDGE_KEY_ENV] = key
+    log.info("serving the SFT model %s as the judge on %s", sft, url)
+    # Our own server scores the option numbers directly (guided_choice): a small SFT model need not
+    # have learned to answer with a bare number for its log-probabilities to be read.
+    judge = EndpointConfig(url=url, model=handle.model, api_key_env=_JUDGE_KEY_ENV if key else None, guided_choice=True)
+    return handle, judge
+
+
+_JUDGE_KEY_ENV = "BATRAY_LOCAL_JUDGE_API_KEY"
 
 
 def summary(labeled: list[dict], failures: list[dict]) -> str:

@@ -6,7 +6,7 @@
   labeling and a rerun labels only what is missing;
 - a fact-checking judge on the demo world (its judgment is the world's checker) labels right-vs-wrong
   pairs with the right preference, in English and Chinese;
-- `batray serve` on the tiny checkpoint as the judge, through the real `openai` client.
+- with no endpoint, the run's SFT model (tiny checkpoint) served by `batray serve` is the judge.
 """
 
 from __future__ import annotations
@@ -234,16 +234,19 @@ def test_fact_checking_judge_on_demo_world(tmp_path, ray_session):
     assert langs == {"en", "zh"}  # both templates were exercised
 
 
-def test_batray_serve_as_judge(tmp_path, ray_session, tiny_checkpoint):
-    """The tiny recipe's judge: `batray serve` on a (here random) checkpoint, answers read through
-    guided_choice log-probabilities, so every pair gets a label with a calibrated confidence."""
+def test_sft_model_served_as_judge(tmp_path, ray_session, tiny_checkpoint):
+    """The tiny recipe's judge: with no endpoint, `batray serve` runs the run's SFT model (here a random
+    tiny one) and the answers are read through guided_choice log-probabilities, so every pair gets a
+    label with a confidence."""
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "run" / "sft" / "final")
     path = str(tmp_path / "pairs.jsonl")
     write_jsonl(_pairs(3) + [{**_pairs(1)[0], "pair_id": "zh", "prompt": "维洛里亚的首都是哪里？"}], path)
-    with start_server(tiny_checkpoint) as h:
-        ep = EndpointConfig(url=h.url, model=h.model, api_key_env=None, timeout_s=120, guided_choice=True)
-        run_label(_cfg(tmp_path), str(tmp_path / "label"), pairs=path, endpoints=[ep])
+    run_label(_cfg(tmp_path), str(tmp_path / "label"), pairs=path, endpoints=[])
     labeled = pq.read_table(tmp_path / "label" / "ai.parquet").to_pylist()
     assert pq.read_table(tmp_path / "label" / "failures.parquet").num_rows == 0
     assert sorted(r["pair_id"] for r in labeled) == ["p000", "p001", "p002", "zh"]
     for r in labeled:
-        assert r["d"] in (-1, 0, 1) and 0 < r["confidence"] < 1 and r["rater"] == f"{h.model}@{h.url}"
+        assert r["d"] in (-1, 0, 1) and 0 < r["confidence"] < 1
+        assert r["rater"].startswith("final@http://127.0.0.1:")
