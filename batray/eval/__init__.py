@@ -5,7 +5,8 @@
 - `prompts`: the prompts exactly as the benchmarks' own evaluation code builds them, shot dropping.
 - `extract`: the ordered answer-extraction patterns for generated (`cot`) answers.
 - `scoring`: next-token letter scoring (`da`), generation (`cot`), local model or OpenAI endpoint.
-- `modes`: the registry of scoring modes (`da`, `cot`; `rerank` plugs in here).
+- `modes`: the registry of scoring modes (`da`, `cot`; `rerank` registers itself from `rerank.py`).
+- `tasks`: benchmark folder -> scoring requests (prompts fitted to the model's context) -> rows.
 - `results`: per-subject, per-category and average accuracy as the official code computes them.
 - `tables`: Markdown tables in the paper's layouts.
 """
