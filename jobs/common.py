@@ -70,12 +70,15 @@ def start_ray(attempts: int = 3, **init_kwargs) -> None:
     """
     import ray
 
+    # No address means a new local cluster: "local", because None attaches to the latest cluster
+    # recorded in /tmp/ray (another process's, on a shared machine) once one exists.
+    init_kwargs.setdefault("address", "local")
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)
             return
         except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
-            if "timed out during startup" not in str(e) or attempt == attempts or "address" in init_kwargs:
+            if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":
                 raise
             logging.getLogger("batray").warning("local Ray timed out at startup (busy machine); retry %d", attempt)
             ray.shutdown()
