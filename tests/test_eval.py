@@ -238,3 +238,19 @@ def test_letter_ids_and_one_pass_scoring_match_the_four_pass_baseline(tiny_token
         assert b == pytest.approx(single, abs=1e-4)
         logp = torch.tensor(b).log_softmax(-1)  # same ranking as the per-option log-probabilities
         assert int(logp.argmax()) == int(torch.tensor(s).argmax())
+
+
+def test_chat_wrapping_puts_the_prompt_in_one_user_turn(tiny_tokenizer):
+    from batray.eval.scoring import LocalBackend
+    from batray.eval.tasks import PromptFitter
+    from batray.models.presets import build_model, preset_config
+
+    fitter = PromptFitter(tokenizer=tiny_tokenizer, context=1024, prefix_tokens=1, chat=True)
+    prompt = build_prompt("cmmlu", "解剖学", [Q1], ITEM, "da").text
+    wrapped = fitter.finish(prompt)
+    assert wrapped == "<|l2r|>[Turn 1]\n\n[User] " + prompt + "\n\n[Assistant] "
+    assert fitter.budget(1) == 1024 - 1 - fitter.chat_overhead - 1 and fitter.chat_overhead > 0
+    model = build_model(preset_config("batgpt-tiny", vocab_size=len(tiny_tokenizer)), seed=0)
+    backend = LocalBackend("tiny", model=model, tokenizer=tiny_tokenizer)
+    l2r = tiny_tokenizer.convert_tokens_to_ids("<|l2r|>")
+    assert backend.encode(wrapped).count(l2r) == 1 and backend.encode(prompt)[0] == l2r
