@@ -9,7 +9,9 @@ Stage entrypoints (in `jobs/`, built on this package):
   Skips when `out_dir/final` is complete, resumes from `out_dir/ray/` checkpoints otherwise.
   `model_overrides` are GlmConfig fields applied to the preset when starting from scratch (ignored
   with `init_from`); `max_steps` overrides `cfg.pretrain.max_steps`; `corpus` overrides the data path.
-- `jobs.sft.run_sft(cfg, out_dir, *, init_from, data=None) -> str`: Eq. 2 instruction tuning.
+- `jobs.sft.run_sft(cfg, out_dir, *, init_from, data=None, max_steps=None) -> str`: Eq. 2 instruction
+  tuning from a checkpoint; same skip/resume behaviour; `jobs.sft.default_init_from(cfg)` picks the
+  run's expand/grow/pretrain output.
 
 Library pieces:
 

@@ -8,6 +8,7 @@ A folder whose `final/` is complete (`batray.checkpoint.is_complete`) is not tra
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -51,9 +52,9 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # a deterministic stream is what makes skip-to-position exact
+    # A deterministic stream is what makes skip-to-position exact on resume.
     DataContext.get_current().execution_options.preserve_order = True
+    ingest = copy.deepcopy(DataContext.get_current().execution_options)
     job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
                   fail_at_step=fail_at_step)
     trainer = TorchTrainer(
