@@ -6,8 +6,8 @@
 Output under DIR (default `<run_dir>/label`): `ai.parquet` (preferences contract, `source: ai`,
 `rater: model@url`), `failures.parquet` (pairs not labeled, with the reason), `rejected_pairs.jsonl`
 (input rows that are not valid pairs). A rerun labels only the (pair, rater) combinations missing
-from `ai.parquet`. With no endpoint at all and `label.serve_sft_judge`, the run's SFT model is
-served on 127.0.0.1 and used as the judge (the tiny recipe). API keys are read from the env var
+from `ai.parquet`. With no endpoint at all, `label.local_judge` picks a judge served on 127.0.0.1: the run's SFT
+model (`sft`) or the demo world's fact checker (`world`, the tiny recipe's). API keys are read from the env var
 named by each endpoint's `api_key_env` and are never logged or written.
 """
 
@@ -17,6 +17,7 @@ import logging
 import math
 import os
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -68,7 +69,7 @@ def run_label(cfg: RecipeConfig, out_dir: str, *, pairs: str | None = None,
     server = None
     init_ray(cfg)
     if not endpoints:
-        server, judge = _serve_sft_judge(cfg)
+        server, judge = _serve_local_judge(cfg)
         endpoints = [judge]
     group = ActorGroup(LabelerActor, lc.num_labelers, num_cpus=lc.labeler_cpus, init_kwargs={"templates_dir": lc.templates})
     failures: list[dict] = []
@@ -132,9 +133,11 @@ def _label_with_pool(group, todo: list[dict], settings, key, lc, per_pair_max: i
     return rows, failures, stats
 
 
-def _serve_sft_judge(cfg: RecipeConfig):
-    """Serve the run's SFT model as the judge: on 127.0.0.1 for a one-node Ray; on all interfaces
-    with a random API key (handed to the labelers, never written) when labelers may run elsewhere."""
+def _serve_local_judge(cfg: RecipeConfig):
+    """Serve the configured local judge: the run's SFT model, or the demo world's fact checker.
+
+    On 127.0.0.1 for a one-node Ray; on all interfaces with a random API key (handed to the
+    labelers, never written) when labelers may run elsewhere."""
     import secrets
 
     import ray
@@ -142,8 +145,18 @@ def _serve_sft_judge(cfg: RecipeConfig):
     from batray.models.presets import is_checkpoint_dir
     from batray.serve import start_server
 
-    if not cfg.label.serve_sft_judge:
+    if cfg.label.local_judge == "none":
         raise BatrayError("label: no endpoint; pass --endpoint URL --model NAME or set label.endpoints")
+    if cfg.label.local_judge == "world":
+        from batray.data.world import World
+        from batray.feedback.world_judge import create_world_judge_app
+
+        world_path = join_uri(cfg.run_dir, "data", "world.json")
+        if not Path(world_path).is_file():
+            raise BatrayError(f"label: local_judge=world needs the demo world at {world_path}; run `batray run --only data`")
+        handle = start_server(app=create_world_judge_app(World.load(world_path)))
+        log.info("serving the demo world's fact checker as the judge on %s", handle.url)
+        return handle, EndpointConfig(url=handle.url, model="demo-world-judge", api_key_env=None)
     sft = join_uri(cfg.run_dir, "sft", "final")
     if not is_checkpoint_dir(sft):
         raise BatrayError(f"label: no endpoint given and no SFT model at {sft} to serve as the judge; "

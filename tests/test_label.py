@@ -28,6 +28,7 @@ from batray.data.io import read_rows, write_jsonl
 from batray.serve import start_server
 from jobs.label import main as label_main
 from jobs.label import run_label
+from batray.feedback.world_judge import create_world_judge_app, judge_option
 
 
 def _completion(answer: str, confident: float | None = 0.9) -> dict:
@@ -40,26 +41,6 @@ def _completion(answer: str, confident: float | None = 0.9) -> dict:
         choice["logprobs"] = {"content": [{"token": answer, "logprob": math.log(confident), "bytes": None,
                                            "top_logprobs": top}]}
     return {"id": "x", "object": "chat.completion", "created": 0, "model": "judge", "choices": [choice]}
-
-
-def _sections(text: str) -> dict[str, str]:
-    """The judge prompt's sections ([User request], [Response], [Response 1], ... and the Chinese ones)."""
-    names = {"User request": "prompt", "用户请求": "prompt", "Response": "response", "回答": "response",
-             "Response 1": "r1", "回答 1": "r1", "Response 2": "r2", "回答 2": "r2"}
-    out = {}
-    for m in re.finditer(r"^\[([^\]]+)\]\n(.*?)(?=\n\n(?:\[|Options:|选项：))", text, re.S | re.M):
-        if m.group(1) in names:
-            out[names[m.group(1)]] = m.group(2)
-    return out
-
-
-def judge_answer(user_text: str, good) -> str:
-    """The option number a judge gives, with `good(prompt, response) -> bool` as its judgment."""
-    s = _sections(user_text)
-    if "response" in s:
-        return "1" if good(s["prompt"], s["response"]) else "2"
-    g1, g2 = good(s["prompt"], s["r1"]), good(s["prompt"], s["r2"])
-    return {(True, False): "1", (False, True): "2", (True, True): "3", (False, False): "4"}[(g1, g2)]
 
 
 class FaultyJudge:
@@ -106,7 +87,7 @@ class FaultyJudge:
                     return Response('{"choices": [', media_type="application/json")
         if "GIBBERISH" in user:
             return JSONResponse(_completion("I like turtles", None))
-        return JSONResponse(_completion(judge_answer(user, lambda p, r: "GOOD" in r)))
+        return JSONResponse(_completion(judge_option(user, lambda p, r: "GOOD" in r)[0]))
 
 
 def _pairs(n: int, tag: str = "") -> list[dict]:
@@ -207,18 +188,11 @@ def test_fact_checking_judge_on_demo_world(tmp_path, ray_session):
 
     files = generate_demo(str(tmp_path / "demo"))
     world = World.load(files["world"])
-    prompts, _ = read_rows(files["prompts"], "prompts")
-    fact_of = {p["prompt"]: p["fact_id"] for p in prompts}
     prefs, _ = read_rows(files["preferences"], "preferences")
     right_wrong = [p for p in prefs if p["d"] != 0][:16]
     assert {p["d"] for p in right_wrong} == {-1, 1}
-
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        user = (await request.json())["messages"][-1]["content"]
-        return _completion(judge_answer(user, lambda prompt, resp: world.check_answer(fact_of[prompt], resp)))
+    # The library's fact-checking judge (the tiny recipe's), a real OpenAI-compatible server.
+    app = create_world_judge_app(world)
 
     path = str(tmp_path / "pairs.jsonl")
     write_jsonl([{k: p[k] for k in ("pair_id", "prompt", "response_a", "response_b")} | {"model_a": "x", "model_b": "y"}

@@ -53,7 +53,11 @@ class LabelConfig(Schema):
     """AI feedback (§3.3): labeler actors ask judges the annotators' questions."""
 
     endpoints: list[EndpointConfig] = []
-    serve_sft_judge: bool = Field(default=True, description="with no endpoints: serve the SFT model as judge")
+    local_judge: Literal["sft", "world", "none"] = Field(
+        default="sft",
+        description="with no endpoints, the judge served on 127.0.0.1: the run's SFT model (`batray serve`), "
+        "the demo world's fact checker (an OpenAI-compatible server), or none (endpoints required)",
+    )
     both_orders: bool = True
     on_order_disagreement: Literal["tie", "lower_confidence"] = "tie"
     templates: str | None = Field(default=None, description="folder overriding the judge templates")
