@@ -88,7 +88,9 @@ def run_hallucination(cfg: RecipeConfig, *, pretrain_steps: int, sft_steps: int,
 
     corpus = demo_data_file(cfg, "corpus.jsonl")
     sft_data = demo_data_file(cfg, "sft.jsonl")
-    questions = load_questions(demo_data_file(cfg, "hallucination/questions.jsonl"))[:limit]
+    questions = load_questions(demo_data_file(cfg, "hallucination/questions.jsonl"))
+    if limit is not None and limit < len(questions):  # evenly spread, so both kinds and languages stay in
+        questions = [questions[i * len(questions) // limit] for i in range(limit)]
     world = World.load(demo_data_file(cfg, "world.json"))
     out = Path(cfg.run_dir, "experiments", "hallucination")
     tok_dir = out / "tokenizer"
