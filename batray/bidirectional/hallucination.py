@@ -110,7 +110,7 @@ def format_table(results: dict[str, dict]) -> str:
              "|---|---|---:|---:|---:|---:|"]
     for model, decodings in results.items():
         for name, t in decodings.items():
-            if name == "examples":
+            if not isinstance(t, dict) or "held_out" not in t:  # examples, timings
                 continue
             h, u = t["held_out"], t["unseen"]
             lines.append(f"| {model} | {name} | {_pct(h['accuracy'])} ({h['right']}/{h['n']}) | "
