@@ -53,7 +53,6 @@ def ray_head():
             if proc.poll() is not None or time.time() > deadline:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
-    shutil.rmtree(temp_dir, ignore_errors=True)
                 pytest.fail(f"ray head did not come up: {proc.stdout.read()[-2000:] if proc.stdout else ''}")
             time.sleep(0.5)  # polling interval while waiting for the server, not synchronization
     yield address, env
