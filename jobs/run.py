@@ -104,8 +104,18 @@ def stage_pairs(cfg: RecipeConfig) -> dict:
     from jobs.pairs import run_pairs
 
     model = cfg.pairs.model_a or final_dir(cfg, "sft")
-    out = run_pairs(cfg, cfg.stage_dir("pairs"), model_a=model)
-    return {"inputs": {"model": model}, "outputs": {"pairs": out}}
+    if cfg.pairs.model_b != "world":
+        out = run_pairs(cfg, cfg.stage_dir("pairs"), model_a=model)
+        return {"inputs": {"model": model}, "outputs": {"pairs": out}}
+    # Response B from "another LLM" that knows the demo world, over a real local endpoint.
+    from batray.data.world import World
+    from batray.feedback.world_judge import create_world_judge_app
+    from batray.serve import start_server
+
+    with start_server(app=create_world_judge_app(World.load(join_uri(data_dir(cfg), "world.json")))) as handle:
+        cfg_b = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"model_b": handle.url})})
+        out = run_pairs(cfg_b, cfg.stage_dir("pairs"), model_a=model)
+    return {"inputs": {"model_a": model, "model_b": "the demo world's reference answers (endpoint)"}, "outputs": {"pairs": out}}
 
 
 def stage_label(cfg: RecipeConfig) -> dict:

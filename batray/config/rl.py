@@ -22,7 +22,9 @@ class PairsConfig(Schema):
     max_prompts: int | None = Field(default=None, ge=1)
     model_a: str | None = Field(default=None, description="null: the run's SFT model")
     model_b: str | None = Field(
-        default=None, description="null: model_a sampled twice; a checkpoint path; or an http(s) endpoint URL"
+        default=None,
+        description="null: model_a sampled twice; a checkpoint path; an http(s) endpoint URL; or `world` "
+        "(batray run only: the demo world's reference answers served as an endpoint)",
     )
     model_b_name: str | None = Field(default=None, description="model id at a model_b endpoint; null: its first model")
     num_engines: int = Field(default=1, ge=1)

@@ -7,6 +7,10 @@ exactly as an LLM judge would over HTTP. This is the tiny recipe's stand-in for 
 small SFT models cannot judge facts, and a reward model learns nothing from a judge that only says
 "tie". Questions it cannot map to a fact are answered "both not good" / "unacceptable" at low
 confidence, so they count as low-information labels rather than confident ones.
+
+A chat request that is not a judge prompt is answered as a knowledgeable assistant would: the demo
+question's gold answer. The tiny recipe uses that as the paper's "another LLM" for response B
+(`pairs.model_b: world`), so pairs hold a right answer to compare the policy's against.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ def create_world_judge_app(world: World, model_name: str = "demo-world-judge") -
     async def chat(request: Request):
         body = await request.json()
         user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+        if not judge_sections(user):
+            return _message(model_name, reference_answer(world, user), None)
         answer, confidence = judge_option(user, is_right)
         options = body.get("guided_choice") or ["1", "2", "3", "4"]
         rest = [o for o in options if o != answer]
@@ -75,11 +81,25 @@ def create_world_judge_app(world: World, model_name: str = "demo-world-judge") -
             {"token": o, "logprob": math.log((1 - confidence) / max(len(rest), 1)), "bytes": None} for o in rest
         ]
         logprobs = {"content": [{"token": answer, "logprob": math.log(confidence), "bytes": None, "top_logprobs": top}]}
-        return {
-            "id": f"judge-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop",
-                         "logprobs": logprobs if body.get("logprobs") else None}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
-        }
+        return _message(model_name, answer, logprobs if body.get("logprobs") else None)
 
     return app
+
+
+def reference_answer(world: World, question: str) -> str:
+    """The gold answer to a demo question, in the question's language; an honest "don't know" otherwise."""
+    zh = re.search(r"[\u4e00-\u9fff]", question) is not None
+    qid = world.question_id(question)
+    if qid is None:
+        return "我不知道。" if zh else "I don't know."
+    name = world.answer_name(qid, "zh" if zh else "en")
+    return f"{name}。" if zh else f"{name}."
+
+
+def _message(model_name: str, content: str, logprobs: dict | None) -> dict:
+    return {
+        "id": f"judge-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": model_name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
+                     "logprobs": logprobs}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
+    }
