@@ -151,8 +151,10 @@ def stage_ppo(cfg: RecipeConfig) -> dict:
     policy = policy_model(cfg)
     reward = cfg.ppo.reward_model or final_dir(cfg, "reward")
     prompts = cfg.ppo.prompts or cfg.data.prompts or join_uri(data_dir(cfg), "prompts.jsonl")
-    out = run_ppo(cfg, cfg.stage_dir("ppo"), policy_init=policy, reward_model=reward, prompts=prompts)
-    return {"inputs": {"policy": policy, "reward_model": reward, "prompts": prompts}, "outputs": {"model": out}}
+    corpus = cfg.ppo.ptx_data or cfg.data.corpus or join_uri(data_dir(cfg), "corpus.jsonl")
+    out = run_ppo(cfg, cfg.stage_dir("ppo"), policy_init=policy, reward_model=reward, prompts=prompts, ptx_data=corpus)
+    return {"inputs": {"policy": policy, "reward_model": reward, "prompts": prompts, "ptx_corpus": corpus},
+            "outputs": {"model": out}}
 
 
 def stage_eval(cfg: RecipeConfig) -> dict:
