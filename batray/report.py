@@ -69,7 +69,7 @@ def markdown_table_to_html(md: str) -> str:
         rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
         head, body = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
         out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-        out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
+        out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
         out.append("</table>")
         table.clear()
 

@@ -142,10 +142,23 @@ def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str | None = None) ->
             (responses_b,) = generate_with_engines(model_b, texts, cfg, [seed_b])
     rows = [{"pair_id": pid, "prompt": p, "response_a": a, "response_b": b, "model_a": model_a, "model_b": model_b}
             for pid, p, a, b in zip(pair_ids(prompts), texts, responses_a, responses_b)]
+    if pc.shuffle_sides:
+        rows = [swap_sides(r) if side_swapped(r["pair_id"], pc.seed) else r for r in rows]
     write_parquet(rows, out, PAIRS)
     same = sum(r["response_a"] == r["response_b"] for r in rows)
     print(f"pairs: {len(rows)} pairs written to {out} ({same} with identical responses)")
     return out
+
+
+def side_swapped(pair_id: str, seed: int) -> bool:
+    """A deterministic coin per pair: which model's response is A. With two different models, a fixed
+    side would let a reward model learn the position (or the style of one side) instead of quality."""
+    return hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()[0] & 1 == 1
+
+
+def swap_sides(row: dict) -> dict:
+    return {**row, "response_a": row["response_b"], "response_b": row["response_a"],
+            "model_a": row["model_b"], "model_b": row["model_a"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def test_policy_sampled_twice(tmp_path, ray_session, tiny_checkpoint):
 def test_b_from_an_endpoint(tmp_path, ray_session, tiny_checkpoint):
     write_jsonl(PROMPTS[:2], str(tmp_path / "prompts.jsonl"))
     with start_server(tiny_checkpoint) as h:
-        out = run_pairs(_cfg(tmp_path, model_b=h.url), str(tmp_path / "pairs"), model_a=tiny_checkpoint)
+        out = run_pairs(_cfg(tmp_path, model_b=h.url, shuffle_sides=False), str(tmp_path / "pairs"), model_a=tiny_checkpoint)
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 2 and all(r["model_b"] == f"{h.model}@{h.url}" for r in rows)
     assert all(isinstance(r["response_b"], str) for r in rows)
@@ -51,3 +51,13 @@ def test_bad_models_fail_in_one_line(tmp_path, tiny_checkpoint):
         run_pairs(_cfg(tmp_path), str(tmp_path / "p1"), model_a=str(tmp_path / "nope"))
     with pytest.raises(BatrayError, match="model_b"):
         run_pairs(_cfg(tmp_path, model_b=str(tmp_path / "nope")), str(tmp_path / "p2"), model_a=tiny_checkpoint)
+
+
+def test_side_coin_is_deterministic_and_balanced():
+    from jobs.pairs import side_swapped, swap_sides
+
+    coins = [side_swapped(f"p{i}", seed=0) for i in range(400)]
+    assert coins == [side_swapped(f"p{i}", seed=0) for i in range(400)]
+    assert 150 < sum(coins) < 250
+    row = {"pair_id": "x", "prompt": "q", "response_a": "a", "response_b": "b", "model_a": "A", "model_b": "B"}
+    assert swap_sides(row) == {**row, "response_a": "b", "response_b": "a", "model_a": "B", "model_b": "A"}

@@ -27,6 +27,9 @@ class PairsConfig(Schema):
         "(batray run only: the demo world's reference answers served as an endpoint)",
     )
     model_b_name: str | None = Field(default=None, description="model id at a model_b endpoint; null: its first model")
+    shuffle_sides: bool = Field(
+        default=True, description="with two different models, put each model's response on side A or B by a per-pair coin"
+    )
     num_engines: int = Field(default=1, ge=1)
     engine_cpus: float = Field(default=1.0, gt=0)
     sampling: SamplingConfig = SamplingConfig()
