@@ -76,8 +76,13 @@ def stage_pretrain(cfg: RecipeConfig) -> dict:
 def stage_grow(cfg: RecipeConfig) -> dict:
     from jobs.grow import run_grow
 
-    out = run_grow(cfg, cfg.stage_dir("grow"))
-    return {"outputs": {"model": out}}
+    summary = run_grow(cfg, cfg.stage_dir("grow"))
+    phases = summary.get("phases", []) if isinstance(summary, dict) else []
+    return {
+        "outputs": {"model": final_dir(cfg, "grow")},
+        "summary": {p["phase"]: {k: p.get(k) for k in ("num_layers", "hidden_size", "steps", "final_loss", "expansion_deviation")}
+                    for p in phases},
+    }
 
 
 def stage_expand(cfg: RecipeConfig) -> dict:
