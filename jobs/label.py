@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from batray.config import EndpointConfig, RecipeConfig, join_uri
-from batray.data.io import exists, read_parquet, read_rows, write_parquet, write_rejected
+from batray.data.io import drop_duplicate_ids, exists, read_parquet, read_rows, write_parquet, write_rejected
 from batray.data.schemas import PREFERENCES
 from batray.errors import BatrayError
 from jobs.common import init_ray, resolve, setup_logging, stage_parser
@@ -36,14 +36,7 @@ FAILURES = pa.schema([("pair_id", pa.string()), ("prompt", pa.string()), ("respo
 def read_pairs(uri: str, rejected_uri: str) -> list[dict]:
     """Valid pairs of `uri`; invalid rows and repeated pair_ids are counted and written aside."""
     rows, report = read_rows(uri, "pairs")
-    seen: set[str] = set()
-    unique = []
-    for r in rows:
-        if r["pair_id"] in seen:
-            report.rejected.append({"reason": f"duplicate pair_id {r['pair_id']!r}", "row": r})
-            continue
-        seen.add(r["pair_id"])
-        unique.append(r)
+    unique = drop_duplicate_ids(rows, report)
     log.info(report.summary(f"pairs {uri}"))
     write_rejected(report, rejected_uri)
     if not unique:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from batray.annotate.db import Assignment, Database, Label, Task, User, utcnow
-from batray.data.io import RejectReport, read_rows
+from batray.data.io import RejectReport, drop_duplicate_ids, read_rows
 
 
 class NotFound(Exception):
@@ -42,14 +42,7 @@ def import_tasks(db: Database, uri: str, seed: int, overlap: float) -> tuple[int
     Returns (number added, reject report of the rows that break the contract).
     """
     rows, report = read_rows(uri, "pairs")
-    seen: set[str] = set()
-    unique = []
-    for row in rows:
-        if row["pair_id"] in seen:
-            report.rejected.append({"reason": f"duplicate pair_id {row['pair_id']!r}", "row": row})
-            continue
-        seen.add(row["pair_id"])
-        unique.append(row)
+    unique = drop_duplicate_ids(rows, report)
     added = 0
     with db.write() as s, s.begin():
         existing = set(s.scalars(select(Task.pair_id)))

@@ -131,6 +131,19 @@ def read_rows(uri: str, contract: str) -> tuple[list[dict], RejectReport]:
     return rows, report
 
 
+def drop_duplicate_ids(rows: list[dict], report: RejectReport, key: str = "pair_id") -> list[dict]:
+    """Rows whose `key` was already seen are moved to `report.rejected` (counted, never silently lost)."""
+    seen: set = set()
+    unique = []
+    for row in rows:
+        if row[key] in seen:
+            report.rejected.append({"reason": f"duplicate {key} {row[key]!r}", "row": row})
+            continue
+        seen.add(row[key])
+        unique.append(row)
+    return unique
+
+
 def write_rejected(report: RejectReport, out_uri: str) -> str | None:
     """Write rejected rows with reasons as JSONL; returns the path, or None when nothing was rejected."""
     if not report.rejected:
