@@ -62,6 +62,8 @@ def test_measure_grades_every_decoding(demo, tiny_checkpoint):
     assert [e["rerank w=0.5"] for e in out["examples"]] == [e["rerank w=0.5 (pretrain r2l)"] for e in out["examples"]]
 
 
+# Opt-in (-m slow): four Ray Train launches (~2 min on 2 cores); the measure and table above cover the logic.
+@pytest.mark.slow
 def test_experiment_end_to_end(ray_session, tmp_path, capsys):
     from jobs.experiment import main
 

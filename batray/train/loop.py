@@ -18,7 +18,9 @@ import json
 import os
 import random
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,9 @@ def train_loop(config: dict) -> None:
     use_gpu = device.type == "cuda"
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
 
+    # Start this worker's data stream now: Ray Data's start-up (its coordinator and read/tokenize
+    # tasks, process starts and imports) then overlaps the model build below instead of following it.
+    batches = EpochBatches(ray.train.get_dataset_shard("train"), tc.micro_batch_size)
     model = task.build_model()
     seed_everything(job.seed + rank)  # after build: dropout/noise streams differ per rank
     from batray.train.engine import build_engine
@@ -87,7 +92,6 @@ def train_loop(config: dict) -> None:
         if resumed:
             print(f"[{task.stage}] resumed at step {state.step} (epoch {state.epoch}, batch {state.consumed})", flush=True)
 
-    shard = ray.train.get_dataset_shard("train")
     window: dict[str, float] = {}
     window_tokens, window_start = 0, time.perf_counter()
     micro = 0
@@ -125,8 +129,7 @@ def train_loop(config: dict) -> None:
         if job.fail_at_step is not None and not resumed and state.step + 1 >= job.fail_at_step:
             raise RuntimeError(f"injected failure before step {job.fail_at_step} (fail_at_step)")
         seen = 0
-        for np_batch in shard.iter_batches(batch_size=tc.micro_batch_size, drop_last=True, batch_format="numpy",
-                                           prefetch_batches=2):
+        for np_batch in batches.next_epoch():
             seen += 1
             if seen <= state.consumed:  # already trained on before the restart
                 continue
@@ -164,6 +167,51 @@ def train_loop(config: dict) -> None:
     save_final(engine, task, tc, job, state, rank)
     if logger is not None:
         logger.close()
+
+
+class EpochBatches:
+    """A worker's Ray Data shard as numpy micro batches, one epoch per `next_epoch()`.
+
+    The first epoch is started in a background thread at construction: the thread waits for the
+    first batch (blocking on remote work, so it holds no GIL while the model is built) and the loop
+    then continues from that same iterator. Later epochs start on demand.
+    """
+
+    def __init__(self, shard, batch_size: int):
+        self._shard, self._batch_size = shard, batch_size
+        self._primed: tuple[Iterator, list] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(target=self._prime, name="batray-data-prime",
+                                                                 daemon=True)
+        self._thread.start()
+
+    def _iter(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self._shard.iter_batches(batch_size=self._batch_size, drop_last=True, batch_format="numpy",
+                                             prefetch_batches=2))
+
+    def _prime(self) -> None:
+        try:
+            it = self._iter()
+            first = next(it, None)
+            self._primed = (it, [] if first is None else [first])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the training thread by next_epoch()
+            self._error = e
+
+    def next_epoch(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._thread is None:
+            return self._iter()
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise self._error
+        it, head = self._primed
+        self._primed = None
+        return _chain(head, it)
+
+
+def _chain(head: list, rest: Iterator) -> Iterator:
+    yield from head
+    yield from rest
 
 
 def seed_everything(seed: int) -> None:
