@@ -64,17 +64,17 @@ def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_ses
     from jobs.reward import run_reward, summary
 
     data = write_prefs(tmp_path / "prefs.jsonl", demo_world_preferences(tie_every=4))
-    cfg = reward_cfg(tmp_path / "run", "reward.max_steps=80", "reward.held_out_fraction=0.25")
+    cfg = reward_cfg(tmp_path / "run", "reward.max_steps=240", "reward.eval_every=80", "reward.held_out_fraction=0.25")
     out = tmp_path / "run" / "reward"
     final = run_reward(cfg, str(out), init_from="batgpt-tiny", data=data)
 
     meta = read_marker(final)
     held = meta["reward_stats"]["held_out"]
-    assert meta["stage"] == "reward" and meta["step"] == 80
+    assert meta["stage"] == "reward" and meta["step"] == 240
     assert held["strict_pairs"] >= 30
-    # Above chance (0.5). Observed on a busy 2-core machine: 0.61 (33 pairs, 80 steps) and 0.67 (27 pairs,
-    # 40 steps): a random-init tiny backbone learns the facts only from the pairs; see the report.
-    assert held["accuracy"] > 0.5, summary(final)
+    # Clearly above chance: measured 0.79 (26 of 33 held-out pairs; P(>= 24 of 33 | coin) < 0.01). A random-
+    # init tiny backbone learns the facts only from the training pairs: 80 steps gave 0.61, 160 gave 0.70.
+    assert held["accuracy"] >= 0.72, summary(final)
     assert held["ties"] > 0 and held["tie_accuracy"] is not None
     assert sum(row["pairs"] + row["ties"] for row in held["calibration"]) == held["pairs"]
     stats = json.loads((out / "final" / "reward_stats.json").read_text())
@@ -82,13 +82,13 @@ def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_ses
     assert AutoModelForSequenceClassification.from_pretrained(final).config.num_labels == 1
 
     rows = read_metrics(out)
-    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert [r["step"] for r in rows] == list(range(10, 241, 10))
     for r in rows:  # Eq. 3 with its constant tie term = without it, weighted by the strict share
         assert r["loss"] == pytest.approx(r["loss_eq3"])
         assert r["loss_eq3"] == pytest.approx(r["tie_share"] * 1.0 + (1 - r["tie_share"]) * r["loss_eq3_strict"], rel=1e-4)
     assert 0 < rows[0]["tie_share"] < 0.2
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
-    assert "eval_accuracy" in rows[3] and "eval_tie_accuracy" in rows[3]
+    assert "eval_accuracy" in rows[7] and "eval_tie_accuracy" in rows[7]  # step 80
     assert (out / "tb").is_dir()
     assert run_reward(cfg, str(out), init_from="batgpt-tiny", data=data) == final  # complete: skipped
     assert read_marker(final)["saved_at"] == meta["saved_at"]
