@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.group import DistributedWorker
+from actors.group import DistributedWorker, busy
 from batray.config.rl import PpoConfig
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import state, train
@@ -27,10 +27,12 @@ class CriticActor(DistributedWorker):
     def ready(self) -> bool:
         return True
 
+    @busy
     def values(self, batch: dict) -> torch.Tensor:
         self.model.eval()
         return train.batch_values(self.model, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
+    @busy
     def train(self, experience: dict, seed: int) -> dict[str, float]:
         return train.critic_update(self.model, self.optimizer, to_device(experience, self.device), self.cfg, seed,
                                    self.world_size)

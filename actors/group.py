@@ -8,7 +8,9 @@ torch.distributed group (gloo on CPU, NCCL on GPU) through `batray.distributed`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -110,7 +112,33 @@ class ActorGroup:
         self.actors = []
 
 
-class DistributedWorker:
+def busy(method: Callable) -> Callable:
+    """Count the time an actor spends inside `method` (its own compute, on its own clock).
+
+    A driver that reads it back with `take_busy()` after a phase can split the phase's wall time into
+    compute (the slowest actor's busy time) and orchestration (Ray calls, serialization, transfers).
+    """
+
+    @functools.wraps(method)
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy_s = getattr(self, "_busy_s", 0.0) + time.perf_counter() - start
+
+    return timed
+
+
+class BusyClock:
+    """Mixin: `take_busy()` returns the seconds spent in `@busy` methods since the last call."""
+
+    def take_busy(self) -> float:
+        spent, self._busy_s = getattr(self, "_busy_s", 0.0), 0.0
+        return spent
+
+
+class DistributedWorker(BusyClock):
     """Mixin for actor classes that join a torch.distributed group with their group peers."""
 
     def __init__(self, rank: int = 0, world_size: int = 1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.group import DistributedWorker
+from actors.group import DistributedWorker, busy
 from batray.checkpoint import save_hf_checkpoint
 from batray.config.rl import PpoConfig
 from batray.models.presets import load_causal_lm
@@ -31,15 +31,18 @@ class PolicyActor(DistributedWorker):
     def ready(self) -> bool:
         return True
 
+    @busy
     def logprobs(self, batch: dict) -> torch.Tensor:
         self.model.eval()
         return train.response_logprobs(self.model, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
+    @busy
     def train(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> dict[str, float]:
         experience = to_device(experience, self.device)
         ptx_batches = [to_device(b, self.device) for b in ptx_batches] if ptx_batches else None
         return train.policy_update(self.model, self.optimizer, experience, ptx_batches, self.cfg, seed, self.world_size)
 
+    @busy
     def weight_buckets(self) -> list:
         """Object-store references to the weights in buckets of `sync_bucket_mb` (the CPU sync path)."""
         import ray

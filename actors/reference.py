@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from actors.group import BusyClock, busy
 from batray.models.presets import load_causal_lm
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
 
 
-class ReferenceActor:
+class ReferenceActor(BusyClock):
     def __init__(self, model_path: str, micro_batch_size: int = 8):
         train.quiet_model_loading()
         self.device = default_device()
@@ -19,5 +20,6 @@ class ReferenceActor:
     def ready(self) -> bool:
         return True
 
+    @busy
     def logprobs(self, batch: dict) -> torch.Tensor:
         return train.response_logprobs(self.model, to_device(batch, self.device), self.micro_batch_size).cpu()

@@ -6,11 +6,12 @@ scoring is simply asked again.
 
 from __future__ import annotations
 
+from actors.group import BusyClock, busy
 from batray.models.tokenizer import load_tokenizer, stop_token_ids
 from batray.ppo import reward, train
 
 
-class RewardActor:
+class RewardActor(BusyClock):
     def __init__(self, kind: str, model_path: str, *, target_text: str | None = None, micro_batch_size: int = 16):
         train.quiet_model_loading()
         self.kind = kind
@@ -37,6 +38,7 @@ class RewardActor:
         """(mean, std) the scores are normalized with."""
         return self.mean, self.std
 
+    @busy
     def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
         """Raw (unnormalized) scores of each prompt + response."""
         if self.kind == "model":

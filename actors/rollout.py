@@ -16,10 +16,11 @@ Make a pool with `actors.group.ActorGroup(RolloutActor, n, init_kwargs={"model_p
 
 from __future__ import annotations
 
+from actors.group import BusyClock, busy
 from batray.rollout.engine import Completion, SamplingParams, make_engine
 
 
-class RolloutActor:
+class RolloutActor(BusyClock):
     def __init__(self, model_path: str, backend: str = "auto", tensor_parallel_size: int = 1, device: str = "auto",
                  **engine_kwargs):
         import torch
@@ -36,8 +37,10 @@ class RolloutActor:
     def ready(self) -> bool:
         return True
 
+    @busy
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, params)
 
+    @busy
     def load_weights(self, named_tensors: dict) -> None:
         self.engine.load_weights(named_tensors)

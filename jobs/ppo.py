@@ -204,6 +204,18 @@ class Driver:
             ) from None
         self.synced_tag = tag
 
+    def compute_time(self, *roles: str, sequential: bool = False) -> float | None:
+        """With `ppo.profile_phases`: the own-compute time of the phase's actors since the last read, read
+        outside the phase's timing. Actors within a phase run concurrently (the slowest counts); with
+        `sequential`, the roles ran one after the other (their slowest actors add up)."""
+        import ray
+
+        if not self.ppo.profile_phases:
+            return None
+        per_role = [ray.get([a.take_busy.remote() for a in self.roles[r].actors], timeout=self.ppo.actor_timeout_s)
+                    for r in roles]
+        return sum(max(t) for t in per_role) if sequential else max(t for ts in per_role for t in ts)
+
     def _engines_in_sync(self) -> bool:
         import ray
 
@@ -315,15 +327,17 @@ class Driver:
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
-        times = {}
+        times, compute = {}, {}
         t = time.perf_counter()
         prompts = self.prompts.next_batch(self.ppo.rollout_batch_size)
         samples = self.generate(prompts, step)
         times["generate"] = time.perf_counter() - t
+        compute["generate"] = self.compute_time("rollout")
 
         t = time.perf_counter()
         raw_scores = self.score(samples)
         times["score"] = time.perf_counter() - t
+        compute["score"] = self.compute_time("reward")
 
         t = time.perf_counter()
         batch = collate(samples, self.pad_id)
@@ -334,14 +348,17 @@ class Driver:
             reward_mean=self.reward_mean, reward_std=self.reward_std, kl_coef=kl_coef, cfg=self.ppo,
         )
         times["experience"] = time.perf_counter() - t
+        compute["experience"] = self.compute_time("policy", "reference", "critic")
 
         t = time.perf_counter()
         policy_stats, critic_stats = self.train(experience, step)
         times["train"] = time.perf_counter() - t
+        compute["train"] = self.compute_time("policy", "critic")
 
         t = time.perf_counter()
         self.sync_weights(step)
         times["sync"] = time.perf_counter() - t
+        compute["sync"] = self.compute_time("policy", "rollout", sequential=True)
 
         self.kl_ctl.update(stats["kl"], len(samples))
         gen_tokens = float(batch["response_mask"].sum())
@@ -349,6 +366,8 @@ class Driver:
         row = {**stats, **policy_stats, **critic_stats}
         row.update({f"time_{k}": v for k, v in times.items()})
         row["time_step"] = sum(times.values())
+        if self.ppo.profile_phases:
+            row.update({f"compute_{k}": v for k, v in compute.items()})
         row["generate_tokens_per_s"] = gen_tokens / max(times["generate"], 1e-9)
         row["train_tokens_per_s"] = train_tokens / max(times["train"], 1e-9)
         row["samples"] = float(len(samples))

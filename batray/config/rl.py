@@ -206,6 +206,9 @@ class PpoConfig(Schema):
     ckpt_every: int = Field(default=10, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
     log_every: int = Field(default=1, ge=1)
+    profile_phases: bool = Field(
+        default=False, description="after each phase, read every role actor's own compute time (one extra call "
+        "per actor): metrics compute_<phase>, and the rest of the phase is orchestration")
     prompts: str | None = None
     prompt_format: Literal["chat", "raw"] = Field(default="chat", description="chat: BatGPT's template, one user turn")
     max_prompt_tokens: int = Field(default=256, ge=2, description="longer prompts are skipped (counted)")
