@@ -97,3 +97,16 @@ def test_cli_help_lists_stages():
     out = _batray("--help")
     for stage in ("pretrain", "expand", "grow", "sft", "pairs", "label", "annotate", "prefs", "reward", "ppo", "eval", "run"):
         assert f"  {stage}" in out.stdout
+
+
+def test_local_paths_become_absolute_hub_names_and_uris_do_not(tmp_path, monkeypatch):
+    """Ray Train V2 runs each worker in its own run folder, so a relative path must not reach a worker."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.jsonl").write_text('{"text": "x"}\n')
+    cfg = load_config(None, ["run_dir=runs/x", "data.corpus=corpus.jsonl", "model.path=org/some-model",
+                             "ppo.prompts=s3://bucket/prompts.jsonl"])
+    assert cfg.run_dir == str(tmp_path / "runs" / "x")
+    assert cfg.data.corpus == str(tmp_path / "corpus.jsonl")
+    assert cfg.model.path == "org/some-model"  # not a local path here: a hub name
+    assert cfg.ppo.prompts == "s3://bucket/prompts.jsonl"
+    assert cfg.stage_dir("sft") == str(tmp_path / "runs" / "x" / "sft")

@@ -142,9 +142,37 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         data = _read_yaml_with_base(Path(path), seen=())
     data = apply_overrides(data, overrides or [])
     try:
-        return RecipeConfig.model_validate(data)
+        cfg = RecipeConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    return RecipeConfig.model_validate(absolute_local_paths(cfg.model_dump()))
+
+
+# Ray workers do not run in the driver's working directory (Ray Train V2 moves each training worker
+# into its run folder; on a cluster they are other machines), so local paths are made absolute when
+# the config is read, against the directory the command runs in. Outputs always; inputs only when
+# they exist here, so a hub name such as "org/model" or a URI is left as it is.
+OUTPUT_PATH_FIELDS = frozenset({"run_dir", "dst"})
+INPUT_PATH_FIELDS = frozenset({
+    "path", "tokenizer", "corpus", "sft", "prompts", "init_from", "data", "ai_labels", "human_labels",
+    "critic_init", "policy_init", "reward_model", "ptx_data", "pairs", "tasks", "templates", "db",
+    "benchmarks", "src",
+})
+
+
+def absolute_local_paths(node):
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value) and (
+                key in OUTPUT_PATH_FIELDS or (key in INPUT_PATH_FIELDS and os.path.exists(value))
+            ):
+                value = os.path.abspath(value)
+            out[key] = absolute_local_paths(value)
+        return out
+    if isinstance(node, list):
+        return [absolute_local_paths(v) for v in node]
+    return node
 
 
 def _read_yaml(p: Path) -> dict:
