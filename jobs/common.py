@@ -10,9 +10,17 @@ import sys
 from batray.config import RecipeConfig, load_config
 
 
+class StageArgumentParser(argparse.ArgumentParser):
+    """Overrides may come before, between or after the options (`batray run CONFIG --run-dir D a.b=1`):
+    plain argparse stops collecting a positional list at the first option."""
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
     """`batray STAGE --config FILE [--run-dir DIR] [key.sub=value ...]`."""
-    p = argparse.ArgumentParser(prog=f"batray {stage}", description=description)
+    p = StageArgumentParser(prog=f"batray {stage}", description=description)
     p.add_argument("--config", "-c", default=None, help="recipe YAML (default: the built-in defaults)")
     p.add_argument("--run-dir", default=None, help="overrides the config's run_dir")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")

@@ -38,6 +38,9 @@ SAMPLE_TEXTS = [
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # Simulated multi-node tests replace the session's local Ray, which the next test must start
+    # again (~10 s each time): run them last.
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -110,3 +110,11 @@ def test_local_paths_become_absolute_hub_names_and_uris_do_not(tmp_path, monkeyp
     assert cfg.model.path == "org/some-model"  # not a local path here: a hub name
     assert cfg.ppo.prompts == "s3://bucket/prompts.jsonl"
     assert cfg.stage_dir("sft") == str(tmp_path / "runs" / "x" / "sft")
+
+
+def test_stage_overrides_may_follow_the_options():
+    from jobs.common import resolve, stage_parser
+
+    args = stage_parser("run", "x").parse_args(["sft.max_steps=3", "--run-dir", "/tmp/r", "ppo.steps=2", "seed=5"])
+    cfg = resolve(args)
+    assert (cfg.run_dir, cfg.sft.max_steps, cfg.ppo.steps, cfg.seed) == ("/tmp/r", 3, 2, 5)
