@@ -16,13 +16,12 @@ Other experiments register themselves in EXPERIMENTS (name -> (function(argv) ->
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from batray.config import RecipeConfig, join_uri
+from batray.config import RecipeConfig
 from batray.data.io import read_rows
 from batray.errors import BatrayError
 from jobs.common import init_ray, resolve, setup_logging, stage_parser

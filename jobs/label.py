@@ -141,13 +141,12 @@ def _serve_local_judge(cfg: RecipeConfig):
     if cfg.label.local_judge == "none":
         raise BatrayError("label: no endpoint; pass --endpoint URL --model NAME or set label.endpoints")
     if cfg.label.local_judge == "world":
-        from batray.data.world import World
-        from batray.feedback.world_judge import create_world_judge_app
+        from batray.feedback.world_judge import start_world_judge
 
         world_path = join_uri(cfg.run_dir, "data", "world.json")
         if not Path(world_path).is_file():
             raise BatrayError(f"label: local_judge=world needs the demo world at {world_path}; run `batray run --only data`")
-        handle = start_server(app=create_world_judge_app(World.load(world_path)))
+        handle = start_world_judge(world_path)
         log.info("serving the demo world's fact checker as the judge on %s", handle.url)
         return handle, EndpointConfig(url=handle.url, model="demo-world-judge", api_key_env=None)
     sft = join_uri(cfg.run_dir, "sft", "final")

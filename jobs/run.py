@@ -76,8 +76,7 @@ def stage_pretrain(cfg: RecipeConfig) -> dict:
 def stage_grow(cfg: RecipeConfig) -> dict:
     from jobs.grow import run_grow
 
-    summary = run_grow(cfg, cfg.stage_dir("grow"))
-    phases = summary.get("phases", []) if isinstance(summary, dict) else []
+    phases = run_grow(cfg, cfg.stage_dir("grow"))["phases"]
     return {
         "outputs": {"model": final_dir(cfg, "grow")},
         "summary": {p["phase"]: {k: p.get(k) for k in ("num_layers", "hidden_size", "steps", "final_loss", "expansion_deviation")}
@@ -113,11 +112,9 @@ def stage_pairs(cfg: RecipeConfig) -> dict:
         out = run_pairs(cfg, cfg.stage_dir("pairs"), model_a=model)
         return {"inputs": {"model": model}, "outputs": {"pairs": out}}
     # Response B from "another LLM" that knows the demo world, over a real local endpoint.
-    from batray.data.world import World
-    from batray.feedback.world_judge import create_world_judge_app
-    from batray.serve import start_server
+    from batray.feedback.world_judge import start_world_judge
 
-    with start_server(app=create_world_judge_app(World.load(join_uri(data_dir(cfg), "world.json")))) as handle:
+    with start_world_judge(join_uri(data_dir(cfg), "world.json")) as handle:
         cfg_b = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"model_b": handle.url})})
         out = run_pairs(cfg_b, cfg.stage_dir("pairs"), model_a=model)
     return {"inputs": {"model_a": model, "model_b": "the demo world's reference answers (endpoint)"}, "outputs": {"pairs": out}}

@@ -5,7 +5,6 @@ letter scoring on a real tiny model."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

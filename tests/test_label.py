@@ -25,10 +25,10 @@ from fastapi.responses import JSONResponse, Response
 
 from batray.config import EndpointConfig, load_config
 from batray.data.io import read_rows, write_jsonl
+from batray.feedback.world_judge import create_world_judge_app, judge_option
 from batray.serve import start_server
 from jobs.label import main as label_main
 from jobs.label import run_label
-from batray.feedback.world_judge import create_world_judge_app, judge_option
 
 
 def _completion(answer: str, confident: float | None = 0.9) -> dict:

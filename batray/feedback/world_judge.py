@@ -86,6 +86,14 @@ def create_world_judge_app(world: World, model_name: str = "demo-world-judge") -
     return app
 
 
+def start_world_judge(world_path: str):
+    """`create_world_judge_app` for the world saved at `world_path`, served on 127.0.0.1
+    (a `batray.serve.ServerHandle`: a context manager, or call `close()`)."""
+    from batray.serve import start_server
+
+    return start_server(app=create_world_judge_app(World.load(world_path)))
+
+
 def reference_answer(world: World, question: str) -> str:
     """The gold answer to a demo question, in the question's language; an honest "don't know" otherwise."""
     zh = re.search(r"[\u4e00-\u9fff]", question) is not None

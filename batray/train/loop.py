@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import itertools
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,39 +180,24 @@ class EpochBatches:
 
     def __init__(self, shard, batch_size: int):
         self._shard, self._batch_size = shard, batch_size
-        self._primed: tuple[Iterator, list] | None = None
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = threading.Thread(target=self._prime, name="batray-data-prime",
-                                                                 daemon=True)
-        self._thread.start()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batray-data-prime")
+        self._first_epoch: Future | None = pool.submit(self._started)
+        pool.shutdown(wait=False)
 
     def _iter(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(self._shard.iter_batches(batch_size=self._batch_size, drop_last=True, batch_format="numpy",
                                              prefetch_batches=2))
 
-    def _prime(self) -> None:
-        try:
-            it = self._iter()
-            first = next(it, None)
-            self._primed = (it, [] if first is None else [first])
-        except BaseException as e:  # noqa: BLE001 - re-raised in the training thread by next_epoch()
-            self._error = e
+    def _started(self) -> Iterator[dict[str, np.ndarray]]:
+        it = self._iter()
+        first = next(it, None)
+        return it if first is None else itertools.chain([first], it)
 
     def next_epoch(self) -> Iterator[dict[str, np.ndarray]]:
-        if self._thread is None:
+        if self._first_epoch is None:
             return self._iter()
-        self._thread.join()
-        self._thread = None
-        if self._error is not None:
-            raise self._error
-        it, head = self._primed
-        self._primed = None
-        return _chain(head, it)
-
-
-def _chain(head: list, rest: Iterator) -> Iterator:
-    yield from head
-    yield from rest
+        first, self._first_epoch = self._first_epoch, None
+        return first.result()  # re-raises a failure of the data stream here, in the training thread
 
 
 def seed_everything(seed: int) -> None:
