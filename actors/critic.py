@@ -1,4 +1,4 @@
-"""The PPO critic: a value model initialized from the reward model, N ranks like the policy."""
+"""The PPO critic: a value model initialized from the reward model, N ranks under DeepSpeed like the policy."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 from actors.group import DistributedWorker, busy
 from batray.config.rl import PpoConfig
 from batray.models.tokenizer import load_tokenizer
-from batray.ppo import state, train
+from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
+from batray.ppo.trainer import DeepSpeedTrainer
 from batray.reward.model import build_reward_model
 
 
@@ -17,28 +18,34 @@ class CriticActor(DistributedWorker):
         super().__init__(rank, world_size)
         train.quiet_model_loading()
         self.cfg = cfg
-        # A causal-LM path gets a fresh value head (seeded: every rank builds the same one).
-        self.model, self.tokenizer = build_reward_model(model_path, load_tokenizer(model_path), seed=seed)
+        self.seed = seed
+        self.model_path = model_path
+        self.tokenizer = load_tokenizer(model_path)
         self.device = default_device()
-        self.model.to(self.device)
-        torch.manual_seed(seed + rank)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+        self.trainer: DeepSpeedTrainer | None = None
 
     def ready(self) -> bool:
         return True
 
+    def join_process_group(self, addr: str, port: int, backend: str | None, timeout_s: float) -> None:
+        super().join_process_group(addr, port, backend, timeout_s)
+        # A causal-LM path gets a fresh value head (seeded: every rank builds the same one).
+        model, _ = build_reward_model(self.model_path, self.tokenizer, seed=self.seed)
+        torch.manual_seed(self.seed + self.rank)
+        self.trainer = DeepSpeedTrainer(model.to(self.device), lr=self.cfg.critic_lr, cfg=self.cfg,
+                                        world_size=self.world_size)
+
     @busy
     def values(self, batch: dict) -> torch.Tensor:
-        self.model.eval()
-        return train.batch_values(self.model, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+        self.trainer.eval()
+        return train.batch_values(self.trainer.module, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     @busy
     def train(self, experience: dict, seed: int) -> dict[str, float]:
-        return train.critic_update(self.model, self.optimizer, to_device(experience, self.device), self.cfg, seed,
-                                   self.world_size)
+        return train.critic_update(self.trainer, to_device(experience, self.device), self.cfg, seed)
 
     def save_checkpoint(self, folder: str) -> None:
-        state.save_trainer_state(self.model, self.optimizer, folder, self.rank, tokenizer=self.tokenizer)
+        self.trainer.save(folder, self.rank, tokenizer=self.tokenizer)
 
     def load_checkpoint(self, folder: str) -> None:
-        state.load_trainer_state(self.optimizer, folder, self.rank)
+        self.trainer.load(folder, self.rank)

@@ -101,8 +101,6 @@ class ActorGroup:
 
     def setup_process_group(self, backend: str | None = None, timeout_s: float = 60.0) -> None:
         """Join all actors into one torch.distributed group; each actor needs `join_process_group`."""
-        if len(self.actors) == 1 and backend is None:
-            backend = None
         addr, port = ray.get(self.actors[0].master_address.remote())
         ray.get([a.join_process_group.remote(addr, port, backend, timeout_s) for a in self.actors])
 
@@ -151,8 +149,14 @@ class DistributedWorker(BusyClock):
         return node_ip(), free_port()
 
     def join_process_group(self, addr: str, port: int, backend: str | None, timeout_s: float) -> None:
+        import os
+
         from batray.distributed import init_process_group
 
+        # What torchrun would set; DeepSpeed reads them. Ray gives each actor its own CUDA_VISIBLE_DEVICES,
+        # so this process's device is always 0 (LOCAL_RANK), whatever its rank.
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=addr, MASTER_PORT=str(port))
         init_process_group(self.rank, self.world_size, addr, port, backend=backend, timeout_s=timeout_s)
 
     def node_id(self) -> str:

@@ -1,7 +1,9 @@
-"""The PPO policy (trainer): one rank of N replicas that share a torch.distributed group (gloo on CPU).
+"""The PPO policy (trainer): one rank of N replicas that share a torch.distributed group (gloo on CPU, NCCL on GPU).
 
-Holds pi_phi and its optimizer; computes old log-probabilities of rollouts, runs Eq. 4's update on its
-shard, hands its weights out in buckets for the rollout engines, and saves/restores its state.
+Holds pi_phi under a DeepSpeed engine (`ppo.deepspeed.zero_stage` 0-3, `batray.ppo.trainer`); computes old
+log-probabilities of rollouts, runs Eq. 4's update on its shard, hands its weights out in buckets for the
+rollout engines, and saves/restores its state. Under ZeRO-3 every method that touches the weights is a
+collective: the driver calls it on all ranks at once.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from batray.checkpoint import save_hf_checkpoint
 from batray.config.rl import PpoConfig
 from batray.models.presets import load_causal_lm
 from batray.models.tokenizer import load_tokenizer
-from batray.ppo import state, train
+from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
+from batray.ppo.trainer import DeepSpeedTrainer
 
 
 class PolicyActor(DistributedWorker):
@@ -24,39 +27,48 @@ class PolicyActor(DistributedWorker):
         train.quiet_model_loading()
         self.cfg = cfg
         self.device = default_device()
-        self.model = load_causal_lm(model_path, device=self.device)
+        self.model_path = model_path
         self.tokenizer = load_tokenizer(model_path)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor_lr, weight_decay=0.0)
+        self.trainer: DeepSpeedTrainer | None = None
 
     def ready(self) -> bool:
         return True
 
+    def join_process_group(self, addr: str, port: int, backend: str | None, timeout_s: float) -> None:
+        """Join the role's group, then build the DeepSpeed engine over it (ZeRO partitions across the ranks)."""
+        super().join_process_group(addr, port, backend, timeout_s)
+        model = load_causal_lm(self.model_path, device=self.device)
+        self.trainer = DeepSpeedTrainer(model, lr=self.cfg.actor_lr, cfg=self.cfg, world_size=self.world_size)
+
     @busy
     def logprobs(self, batch: dict) -> torch.Tensor:
-        self.model.eval()
-        return train.response_logprobs(self.model, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+        self.trainer.eval()
+        return train.response_logprobs(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     @busy
     def train(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> dict[str, float]:
         experience = to_device(experience, self.device)
         ptx_batches = [to_device(b, self.device) for b in ptx_batches] if ptx_batches else None
-        return train.policy_update(self.model, self.optimizer, experience, ptx_batches, self.cfg, seed, self.world_size)
+        return train.policy_update(self.trainer, experience, ptx_batches, self.cfg, seed)
 
     @busy
     def weight_buckets(self) -> list:
-        """Object-store references to the weights in buckets of `sync_bucket_mb` (the CPU sync path)."""
+        """Object-store references to the weights in buckets of `sync_bucket_mb` (the CPU sync path); rank 0
+        returns them, the other ranks take part in ZeRO-3's gathers and return none."""
         import ray
 
         size = int(self.cfg.sync_bucket_mb * (1 << 20))
-        return [ray.put(bucket) for bucket in state.weight_buckets(self.model, size)]
+        return [ray.put(bucket) for bucket in self.trainer.weight_buckets(size, self.rank)]
 
     def save_checkpoint(self, folder: str) -> None:
-        state.save_trainer_state(self.model, self.optimizer, folder, self.rank, tokenizer=self.tokenizer)
+        self.trainer.save(folder, self.rank, tokenizer=self.tokenizer)
 
     def load_checkpoint(self, folder: str) -> None:
-        state.load_trainer_state(self.optimizer, folder, self.rank)
+        self.trainer.load(folder, self.rank)
 
     def save_final(self, folder: str, **marker) -> str | None:
+        state = self.trainer.consolidated_state_dict()  # a collective under ZeRO-3
         if self.rank != 0:
             return None
-        return str(save_hf_checkpoint(self.model, self.tokenizer, folder, stage="ppo", **marker))
+        return str(save_hf_checkpoint(self.trainer.module, self.tokenizer, folder, stage="ppo", state_dict=state,
+                                      **marker))

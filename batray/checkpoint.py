@@ -16,14 +16,17 @@ MARKER = "batray.json"
 
 
 def save_hf_checkpoint(model, tokenizer, out_dir: str | Path, *, stage: str, step: int = 0, tokens_seen: int = 0,
-                       parent: str | None = None, config_hash: str | None = None, extra: dict | None = None) -> Path:
-    """Write model + tokenizer (+ chat template) + batray.json, atomically: into a temp folder, then rename."""
+                       parent: str | None = None, config_hash: str | None = None, extra: dict | None = None,
+                       state_dict: dict | None = None) -> Path:
+    """Write model + tokenizer (+ chat template) + batray.json, atomically: into a temp folder, then rename.
+
+    `state_dict`: the weights to write when the module does not hold them in full (ZeRO-3 consolidated)."""
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     write_marker(tmp, stage=stage, step=step, tokens_seen=tokens_seen, parent=parent, config_hash=config_hash,

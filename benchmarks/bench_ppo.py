@@ -81,6 +81,7 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
     from batray.ppo.data import PromptStream, PtxStream
     from batray.ppo.experience import make_experience
     from batray.ppo.reward import target_token_ids, token_fraction_reward
+    from batray.ppo.trainer import LocalTrainer
     from batray.reward.model import build_reward_model
     from batray.rollout.engine import HFRolloutEngine, SamplingParams
     from jobs.ppo import _seed
@@ -91,8 +92,8 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
     policy, ref = load_causal_lm(policy_path), load_causal_lm(policy_path).eval().requires_grad_(False)
     critic, _ = build_reward_model(policy_path, tok, seed=ppo.seed)
     engine = HFRolloutEngine(load_causal_lm(policy_path), tok)
-    opt = torch.optim.AdamW(policy.parameters(), lr=ppo.actor_lr, weight_decay=0.0)
-    copt = torch.optim.AdamW(critic.parameters(), lr=ppo.critic_lr, weight_decay=0.0)
+    policy_trainer = LocalTrainer(policy, lr=ppo.actor_lr, grad_clip=ppo.grad_clip)
+    critic_trainer = LocalTrainer(critic, lr=ppo.critic_lr, grad_clip=ppo.grad_clip)
     targets, stops = target_token_ids(tok, ppo.reward.target_text), set(stop_token_ids(tok))
     stream = PromptStream.from_file(prompts, tok, seed=ppo.seed, max_prompt_tokens=ppo.max_prompt_tokens)
     ptx = PtxStream.from_file(corpus, tok, seed=ppo.seed, block_len=ppo.ptx_seq_len)
@@ -121,8 +122,8 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
         t = time.perf_counter()
         blocks = [ptx.next_blocks(ppo.ptx_batch_size) for _ in range(train.num_update_steps(ppo))]
         seed = _seed(ppo.seed, step, 0xC0FFEE)
-        train.policy_update(policy, opt, exp, blocks, ppo, seed)
-        train.critic_update(critic, copt, exp, ppo, seed)
+        train.policy_update(policy_trainer, exp, blocks, ppo, seed)
+        train.critic_update(critic_trainer, exp, ppo, seed)
         row["train"] = time.perf_counter() - t
         t = time.perf_counter()
         engine.load_weights({n: p.detach() for n, p in policy.named_parameters()})

@@ -1,9 +1,14 @@
 """GPU check for PPO (issue 8): run on a machine with a CUDA GPU; prints one line per check and a JSON summary.
 
-NOT RUN YET: no GPU was available while this was written. Every check is independent, reports
-PASS / FAIL (with the error's first line) / SKIP (with the reason), and the script always finishes.
+Run on one H200 on 2026-11-28 (results: `benchmarks/gpu_check_h200.json`, RESULTS.md): env, zero3, cuda_ipc
+and ppo_job passed; vllm_rollout and nccl_sync were skipped (no vLLM on that machine; one GPU). Every
+check is independent, reports PASS / FAIL (with the error's first line) / SKIP (with the reason), and
+the script always finishes. `--rehearse-on-cpu` runs zero3 and ppo_job on CPU, to test the script.
 
-    python benchmarks/gpu_check.py [--out results.json] [--skip ppo_job,...]
+    python benchmarks/gpu_check.py [--out results.json] [--skip ppo_job,...] [--rehearse-on-cpu]
+
+On a machine without internet, `benchmarks/gpu_payload.sh` builds the wheels it needs (ray, deepspeed,
+pydantic, ...) into `.whl/` to carry there.
 
 Checks, in order (each small: a GLM-family model of ~30M parameters built from config, no downloads):
 
@@ -18,12 +23,13 @@ Checks, in order (each small: a GLM-family model of ~30M parameters built from c
 4. cuda_ipc     the colocated sync path: two Ray actors on fractional shares of ONE GPU; the trainer
                 shares its CUDA weight buffers by IPC handle (torch.multiprocessing reductions), the
                 receiver copies them without a host round trip; checked bit for bit.
-5. zero3        DeepSpeed ZeRO-3 on the model (1 rank): a training step runs, and the full weights
-                gathered with `deepspeed.zero.GatheredParameters` (what a ZeRO-3 policy must do
-                before a weight sync) equal the module's own consolidated state.
+5. zero3        `batray.ppo.trainer.DeepSpeedTrainer` (the policy/critic actors' trainer) under ZeRO-3
+                in bf16, 1 rank: one minibatch of micro batches steps the weights, and the weight-sync
+                buckets (gathered bucket by bucket) equal the consolidated state dict.
 6. ppo_job      `jobs.ppo.run_ppo` end to end on the GPU: every role colocated on fractional GPU
-                shares, rollout backend vLLM when importable (else HF), 3 steps with a rule reward;
-                time per phase from metrics.jsonl.
+                shares, policy and critic under ZeRO-3 in bf16, rollout backend vLLM when importable
+                (else HF), 4 steps with a rule reward and checkpoints; time per phase and the
+                orchestration share (`ppo.profile_phases`) from metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -206,7 +212,7 @@ def _nccl_rank(rank: int, world: int, port: int, path: str, q) -> None:
                 total += flat.numel() * flat.element_size()
         torch.cuda.synchronize()
         seconds = time.perf_counter() - t
-        checksum = float(sum(p.double().sum() for p in params))
+        checksum = float(sum(p.detach().double().sum() for p in params))
         q.put({"rank": rank, "gb_per_s": round(total / seconds / 1e9, 2), "buckets": len(buckets), "checksum": checksum})
         dist.destroy_process_group()
     except Exception as e:
@@ -267,33 +273,48 @@ def check_cuda_ipc(path: str):
 
 @check("zero3")
 def check_zero3(path: str):
+    """`batray.ppo.trainer.DeepSpeedTrainer` (what the policy and critic actors run) under ZeRO-3 in bf16."""
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
         return {"status": "SKIP", "reason": "deepspeed is not installed"}
-    import deepspeed
     import torch
 
-    from batray.distributed import free_port
+    from batray.config import load_config
+    from batray.distributed import destroy_process_group, free_port, init_process_group
     from batray.models.presets import load_causal_lm
+    from batray.ppo.trainer import DeepSpeedTrainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    model = load_causal_lm(path, dtype=torch.bfloat16)
-    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True},
-              "zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-5}}}
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-    ids = torch.randint(3, 500, (2, 32), device=engine.device)
-    loss = engine(input_ids=ids, labels=ids).loss
-    engine.backward(loss)
-    engine.step()
-    params = list(engine.module.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        gathered = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-    shapes_ok = all(gathered[n].shape == reference[n].shape for n in reference)
-    moved = any(not torch.equal(gathered[n].cpu(), reference[n].cpu()) for n in reference)
-    return {"status": "PASS" if shapes_ok and moved else "FAIL", "loss": float(loss), "shapes_ok": shapes_ok,
-            "weights_changed_by_step": moved}
+    cuda = torch.cuda.is_available()
+    port = free_port()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    init_process_group(0, 1, "127.0.0.1", port, backend="nccl" if cuda else "gloo", timeout_s=120)
+    try:
+        cfg = load_config(None, ["ppo.deepspeed.zero_stage=3", f"ppo.deepspeed.bf16={str(cuda).lower()}",
+                                 "ppo.rollout_batch_size=8", "ppo.micro_batch_size=4"]).ppo
+        model = load_causal_lm(path, device="cuda" if cuda else "cpu")
+        before = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}
+        trainer = DeepSpeedTrainer(model, lr=1e-4, cfg=cfg, world_size=1)
+        device = next(trainer.module.parameters()).device
+        ids = torch.randint(3, model.config.vocab_size, (4, 64), device=device)
+        t = time.perf_counter()
+        for _ in range(trainer.micro_steps):  # one minibatch of micro batches, our accumulation path
+            loss = trainer(input_ids=ids, labels=ids).loss
+            trainer.backward(loss / trainer.micro_steps)
+        norm = trainer.step()
+        step_s = time.perf_counter() - t
+        buckets = trainer.weight_buckets(16 << 20, rank=0)
+        synced = {n: t for b in buckets for n, t in b.items()}
+        full = trainer.consolidated_state_dict()
+        same = all(torch.equal(synced[n].float(), full[n].float().cpu()) for n in synced)
+        moved = any(not torch.equal(synced[n].float(), before[n]) for n in before)
+        shapes = all(synced[n].shape == before[n].shape for n in before)
+        return {"status": "PASS" if same and moved and shapes else "FAIL", "loss": round(loss.item(), 4),
+                "grad_norm": round(norm, 4), "step_s": round(step_s, 3), "sync_buckets": len(buckets),
+                "sync_equals_consolidated": same, "weights_changed_by_step": moved, "full_shapes": shapes,
+                "param_dtype": str(next(trainer.module.parameters()).dtype)}
+    finally:
+        destroy_process_group()
 
 
 @check("ppo_job")
@@ -301,6 +322,7 @@ def check_ppo_job(path: str, work: Path):
     import importlib.util
 
     import ray
+    import torch
 
     from batray.config import load_config
     from batray.metrics import read_metrics
@@ -310,18 +332,28 @@ def check_ppo_job(path: str, work: Path):
     texts = sorted(set(SAMPLE_TEXTS))
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     backend = "vllm" if importlib.util.find_spec("vllm") else "hf"
+    cuda = torch.cuda.is_available()
     cfg = load_config(None, [
-        "ppo.steps=3", "ppo.rollout_batch_size=32", "ppo.micro_batch_size=16", "ppo.sampling.max_new_tokens=64",
+        "ppo.steps=4", "ppo.rollout_batch_size=32", "ppo.micro_batch_size=16", "ppo.sampling.max_new_tokens=64",
         "ppo.reward.kind=rule", f"ppo.reward.target_text={json.dumps(' '.join(texts))}", "ppo.colocate=true",
-        f"ppo.rollout.backend={backend}",
-        *[f"ppo.{r}.num_gpus=1" for r in ("policy", "critic", "reference", "reward", "rollout")],
+        f"ppo.rollout.backend={backend}", "ppo.deepspeed.zero_stage=3", f"ppo.deepspeed.bf16={str(cuda).lower()}",
+        "ppo.profile_phases=true", "ppo.ckpt_every=2",
+        *[f"ppo.{r}.num_gpus={int(cuda)}" for r in ("policy", "critic", "reference", "reward", "rollout")],
     ])
     run_ppo(cfg, str(work / "ppo"), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"))
     rows = read_metrics(work / "ppo")
+    timed = rows[1:] or rows  # step 1 carries warm-up (first CUDA kernels, allocator growth)
+    phases = ("generate", "score", "experience", "train", "sync")
+    step_s = sum(r["time_step"] for r in timed)
+    compute_s = sum(r.get(f"compute_{p}") or 0.0 for r in timed for p in phases)
     last = rows[-1]
-    return {"backend": backend, "steps": len(rows), "reward": last["reward"],
+    return {"backend": backend, "zero_stage": 3, "steps": len(rows), "reward": last["reward"],
             "rollout_logprob_diff_mean": last["rollout_logprob_diff_mean"],
-            **{k: round(v, 3) for k, v in last.items() if k.startswith("time_")}, "ray": ray.__version__}
+            "rollout_logprob_diff_max": last["rollout_logprob_diff_max"],
+            **{f"mean_time_{p}": round(sum(r[f"time_{p}"] for r in timed) / len(timed), 3) for p in phases},
+            "mean_time_step": round(step_s / len(timed), 3),
+            "orchestration_share": round(1 - compute_s / step_s, 3) if step_s else None,
+            "checkpoints": sorted(p.name for p in (work / "ppo" / "ckpt").glob("step_*")), "ray": ray.__version__}
 
 
 def _free_port() -> int:
@@ -334,12 +366,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="PPO GPU checks (vLLM rollouts, NCCL sync, CUDA IPC, ZeRO-3, the job)")
     ap.add_argument("--out", default=None, help="write the JSON summary here (default: $OUT/gpu_check.json if set)")
     ap.add_argument("--skip", default="", help="comma-separated check names to skip")
+    ap.add_argument("--rehearse-on-cpu", action="store_true",
+                    help="no GPU: run the checks that can run on CPU (zero3, ppo_job) to test this script itself")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     check_env()
-    if RESULTS["env"]["status"] != "PASS":
+    if args.rehearse_on_cpu:
+        skip |= {"vllm_rollout", "nccl_sync", "cuda_ipc"}
+    elif RESULTS["env"]["status"] != "PASS":
         print("no CUDA device: nothing else to check")
         return 1
     path = build_checkpoint(work)
@@ -351,7 +387,8 @@ def main() -> int:
 
         from conftest import WORKER_ENV
 
-        ray.init(num_gpus=1, include_dashboard=False, runtime_env=WORKER_ENV, log_to_driver=False)
+        ray.init(num_gpus=0 if args.rehearse_on_cpu else 1, num_cpus=None if not args.rehearse_on_cpu else 4,
+                 include_dashboard=False, runtime_env=WORKER_ENV, log_to_driver=False)
         try:
             if "cuda_ipc" not in skip:
                 check_cuda_ipc(path)

@@ -188,12 +188,13 @@ class Driver:
 
     # -- sync ----------------------------------------------------------------------------------
     def sync_weights(self, tag: int) -> None:
-        """Policy rank 0 -> every rollout engine, bucket by bucket through the object store."""
+        """Policy rank 0 -> every rollout engine, bucket by bucket through the object store (every policy rank
+        takes part: under ZeRO-3 each bucket is gathered from all of them)."""
         import ray
 
         engines = self.roles["rollout"].actors
         try:
-            buckets = ray.get(self.roles["policy"].actors[0].weight_buckets.remote(), timeout=self.ppo.sync_timeout_s)
+            buckets = self.roles["policy"].call("weight_buckets", timeout_s=self.ppo.sync_timeout_s)[0]
             loads = [e.load_weights.remote(b) for b in buckets for e in engines]
             ray.get(loads, timeout=self.ppo.sync_timeout_s)
             ray.get([e.__ray_call__.remote(_sync_tag, tag) for e in engines], timeout=self.ppo.sync_timeout_s)
@@ -482,8 +483,11 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
     try:
         roles.wait_ready(ppo.actor_timeout_s)
         for role in ("policy", "critic"):
-            roles[role].setup_process_group(backend="gloo" if not torch.cuda.is_available() else None,
-                                            timeout_s=ppo.sync_timeout_s)
+            try:  # joins the role's ranks and builds their DeepSpeed engines over the group
+                roles[role].setup_process_group(backend="gloo" if not torch.cuda.is_available() else None,
+                                                timeout_s=ppo.sync_timeout_s)
+            except ray.exceptions.RayTaskError as e:
+                raise BatrayError(f"ppo: the {role} trainers failed to start: {_root_cause(e)}") from None
             if resume is not None:
                 roles[role].call("load_checkpoint", str(resume / role), timeout_s=ppo.actor_timeout_s)
         reward_stats = ray.get(roles["reward"].actors[0].stats.remote(), timeout=ppo.actor_timeout_s)
@@ -514,10 +518,10 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
                 driver.save_checkpoint(ckpt_root, step)
             if on_step is not None:
                 on_step(step, roles)
-        ray.get(roles["policy"].actors[0].save_final.remote(
-            str(final), step=ppo.steps, parent=policy_init, config_hash=cfg.digest(),
-            extra={"reward_model": reward_model, "prompts": prompts},
-        ), timeout=ppo.actor_timeout_s)
+        roles["policy"].call(  # every rank: ZeRO-3 consolidates the weights collectively; rank 0 writes
+            "save_final", str(final), step=ppo.steps, parent=policy_init, config_hash=cfg.digest(),
+            extra={"reward_model": reward_model, "prompts": prompts}, timeout_s=ppo.actor_timeout_s,
+        )
     finally:
         if metrics is not None:
             metrics.close()

@@ -18,7 +18,8 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 # Workers import batray/actors/jobs from the checkout and test-module classes (pickled by reference).
 WORKER_ENV = {
     "env_vars": {
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        # the caller's PYTHONPATH stays after ours (packages installed with `pip --target`, e.g. on a GPU box)
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
         "TOKENIZERS_PARALLELISM": "false",
     }
 }

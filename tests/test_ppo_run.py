@@ -107,9 +107,12 @@ class Interrupted(Exception):
 
 
 def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_checkpoint, ppo_data, tmp_path):
+    """The policy runs as two ranks that shard it with DeepSpeed ZeRO-3, so the resume reads each rank's
+    partition of the parameters and optimizer state back."""
     import ray
 
-    cfg = _cfg("ppo.steps=4", "ppo.ckpt_every=2")
+    cfg = _cfg("ppo.steps=4", "ppo.ckpt_every=2", "ppo.deepspeed.zero_stage=3", "ppo.policy.num_actors=2",
+               "ppo.policy.num_cpus=1", "ppo.critic.num_cpus=1")
     # A: the uninterrupted reference run
     final_a = _run(cfg, tmp_path / "a", tiny_checkpoint, ppo_data)
     rows_a = read_metrics(tmp_path / "a")
@@ -142,6 +145,9 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
     state_b = json.loads((tmp_path / "b" / "ckpt" / "step_000002" / "state.json").read_text())
     assert state_a == state_b
     assert (tmp_path / "b" / "ckpt" / "latest").read_text().strip() == "step_000002"
+    engine_ckpt = tmp_path / "b" / "ckpt" / "step_000002" / "policy" / "deepspeed" / "engine"
+    assert sorted(p.name for p in engine_ckpt.glob("*optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert not is_complete(tmp_path / "b" / "final")
 
     # C: rerun B's folder: resumes from step 2 and must end exactly where A ended
@@ -157,11 +163,12 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
     assert _run(cfg, tmp_path / "b", tiny_checkpoint, ppo_data) == final_c
 
 
-def test_roles_on_two_nodes(ray_cluster, tiny_checkpoint, ppo_data, tmp_path):
-    """Separate placement groups; the policy's two ranks on different nodes share a gloo group."""
+def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, tmp_path):
+    """Separate placement groups; the policy's two ranks on different nodes share a gloo group and shard
+    the model with DeepSpeed ZeRO-3: the weight sync gathers it whole (rollout and trainer log-probs agree)."""
     cfg = _cfg(
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.ppo_epochs=1", "ppo.colocate=false",
-        "ppo.policy.num_actors=2", "ppo.policy.strategy=STRICT_SPREAD",
+        "ppo.deepspeed.zero_stage=3", "ppo.policy.num_actors=2", "ppo.policy.strategy=STRICT_SPREAD",
         "ppo.critic.num_cpus=1", "ppo.reference.num_cpus=0.5", "ppo.reward.num_cpus=0.5", "ppo.rollout.num_cpus=0.5",
     )
     seen = {}
@@ -175,4 +182,5 @@ def test_roles_on_two_nodes(ray_cluster, tiny_checkpoint, ppo_data, tmp_path):
     assert len({n for nodes in seen.values() for n in nodes}) >= 2
     rows = read_metrics(tmp_path / "two")
     assert [r["step"] for r in rows] == [1, 2] and all(r["samples"] == 8 for r in rows)
+    assert max(r["rollout_logprob_diff_max"] for r in rows) < 1e-3
     assert is_complete(final)

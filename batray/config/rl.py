@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from batray.config.base import Schema, TrainConfig
+from batray.config.base import DeepSpeedConfig, Schema, TrainConfig
 
 
 class SamplingConfig(Schema):
@@ -175,6 +175,10 @@ class PpoConfig(Schema):
     actor_lr: float = Field(default=1e-5, gt=0)
     critic_lr: float = Field(default=5e-5, gt=0)
     grad_clip: float = Field(default=1.0, ge=0)
+    deepspeed: DeepSpeedConfig = Field(
+        default=DeepSpeedConfig(),
+        description="the policy's and critic's DeepSpeed engines: ZeRO stage 0-3 across each role's ranks, bf16 on GPU",
+    )
     # Eq. 4 terms
     kl_coef: float = Field(default=0.05, ge=0, description="lambda_KL")
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
@@ -200,7 +204,8 @@ class PpoConfig(Schema):
     reference: RoleConfig = RoleConfig(num_cpus=0.5)
     reward: RewardRoleConfig = RewardRoleConfig(num_cpus=0.5)
     rollout: RolloutRoleConfig = RolloutRoleConfig(num_cpus=0.5)
-    sync_timeout_s: float = Field(default=120.0, gt=0, description="weight sync and gradient all-reduce timeout")
+    sync_timeout_s: float = Field(default=120.0, gt=0, description="weight sync, and the trainers' process groups "
+                                  "(DeepSpeed's collectives fail after it)")
     sync_bucket_mb: float = Field(default=64.0, gt=0, description="weight-sync bucket size")
     actor_timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one role's call")
     ckpt_every: int = Field(default=10, ge=1)

@@ -4,8 +4,9 @@ A checkpoint is one folder per saved step, written under a temporary name and re
 `latest` (a one-line file, replaced atomically) names the newest complete one, so a crash at any
 moment leaves the previous checkpoint intact:
 
-    <ppo>/ckpt/step_000010/policy/    HF folder (+ tokenizer) + optimizer.pt + rng_rank<r>.pt
-    <ppo>/ckpt/step_000010/critic/    HF folder (sequence classification) + optimizer.pt + rng_rank<r>.pt
+    <ppo>/ckpt/step_000010/policy/    HF folder (+ tokenizer), deepspeed/ (DeepSpeed's checkpoint: model and
+                                      each rank's optimizer partition), rng_rank<r>.pt
+    <ppo>/ckpt/step_000010/critic/    the same for the value model (sequence classification)
     <ppo>/ckpt/step_000010/state.json step, KL controller, prompt and ptx positions, config hash
     <ppo>/ckpt/latest                 "step_000010"
 """
@@ -66,49 +67,25 @@ def read_state(folder: str | Path) -> dict:
     return json.loads(Path(folder, STATE).read_text())
 
 
-# ---- trainer state (one role's model, optimizer, RNG) -----------------------------------------
-
-
-def save_trainer_state(model, optimizer, folder: str | Path, rank: int, tokenizer=None) -> None:
-    """Rank 0 writes the (replicated) model and optimizer; every rank writes its RNG state."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        model.save_pretrained(folder, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
-        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, folder / f"rng_rank{rank}.pt")
-
-
-def load_trainer_state(optimizer, folder: str | Path, rank: int) -> None:
-    """Restore the optimizer and this rank's RNG (the model was built from the folder itself)."""
-    folder = Path(folder)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    rng = folder / f"rng_rank{rank}.pt"
-    if rng.is_file():
-        torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
-
-
 # ---- weight sync ------------------------------------------------------------------------------
 
 
-def weight_buckets(model, bucket_bytes: int) -> list[dict[str, torch.Tensor]]:
-    """The model's parameters as named tensors in buckets of about `bucket_bytes` (at least one tensor each).
+def bucket_parameters(named: list[tuple[str, torch.Tensor]], bucket_bytes: int, nbytes=None) -> list[list[tuple[str, torch.Tensor]]]:
+    """`named` parameters in consecutive groups of about `bucket_bytes` (at least one tensor each).
 
     Each bucket travels as one object (object store) or one broadcast, so no single transfer holds a
-    whole large model and the receiver loads bucket by bucket.
-    """
-    buckets: list[dict[str, torch.Tensor]] = []
-    current: dict[str, torch.Tensor] = {}
+    whole large model and the receiver loads bucket by bucket. `nbytes(t)` sizes a tensor (ZeRO-3's
+    partitioned parameters report their full size through it)."""
+    nbytes = nbytes or (lambda t: t.numel() * t.element_size())
+    buckets: list[list[tuple[str, torch.Tensor]]] = []
+    current: list[tuple[str, torch.Tensor]] = []
     size = 0
-    for name, p in model.named_parameters():
-        t = p.detach()
-        if current and size + t.numel() * t.element_size() > bucket_bytes:
+    for name, t in named:
+        if current and size + nbytes(t) > bucket_bytes:
             buckets.append(current)
-            current, size = {}, 0
-        current[name] = t.to("cpu", copy=True)  # the object store carries host memory
-        size += t.numel() * t.element_size()
+            current, size = [], 0
+        current.append((name, t))
+        size += nbytes(t)
     if current:
         buckets.append(current)
     return buckets

@@ -1,15 +1,13 @@
 """The model side of PPO: forward passes over rollout batches and the policy/critic update loops.
 
-Plain torch on any number of ranks: each rank holds a full replica and its shard of the batch;
-after every backward the gradients are averaged across ranks with one bucketed all-reduce that has a
-timeout (`batray.distributed.wait_collective`), so a dead peer is a clear error, not a hang. This is
-exact data parallelism (ZeRO stage 0) without DeepSpeed's machinery; sharding the optimizer and the
-parameters (ZeRO-2/3) for models that do not fit one device is not wired into these loops yet.
+The update loops take a trainer (`batray.ppo.trainer`): a callable model for forwards, `module` for the
+wrapped model, `backward(loss)` per micro batch and `step()` per minibatch. On the policy and critic
+actors that is a `DeepSpeedTrainer` (ZeRO 0-3 across the role's ranks: DeepSpeed reduces or shards the
+gradients); benchmarks and unit tests use a `LocalTrainer` (one process, plain AdamW).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import torch
@@ -24,7 +22,13 @@ from batray.objectives.ppo import (
     token_logprobs,
     value_loss,
 )
-from batray.ppo.batch import Batch, micro_batches, minibatches, response_slice, trim_padding
+from batray.ppo.batch import (
+    Batch,
+    micro_batches,
+    minibatches,
+    response_slice,
+    trim_padding,
+)
 
 # ---- forward passes ---------------------------------------------------------------------------
 
@@ -96,50 +100,6 @@ def ptx_loss(model, blocks: Batch) -> torch.Tensor:
     return loss
 
 
-# ---- gradient averaging across ranks ----------------------------------------------------------
-
-
-def allreduce_gradients(params: list[torch.nn.Parameter], world_size: int, timeout_s: float,
-                        bucket_bytes: int = 64 << 20) -> None:
-    """Average `.grad` of `params` over the default process group, in flat buckets, with a timeout."""
-    if world_size <= 1:
-        return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    from batray.distributed import wait_collective
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    bucket, size = [], 0
-    buckets = []
-    for g in grads:
-        bucket.append(g)
-        size += g.numel() * g.element_size()
-        if size >= bucket_bytes:
-            buckets.append(bucket)
-            bucket, size = [], 0
-    if bucket:
-        buckets.append(bucket)
-    for bucket in buckets:
-        flat = _flatten_dense_tensors(bucket)
-        wait_collective("gradient all_reduce", dist.all_reduce, flat, timeout_s=timeout_s)
-        flat /= world_size
-        for g, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-            g.copy_(synced)
-    for p, g in zip(params, grads):
-        if p.grad is None:
-            p.grad = g
-
-
-def _optimizer_step(model, optimizer, cfg: PpoConfig, world_size: int) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
-    allreduce_gradients(params, world_size, cfg.sync_timeout_s)
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(norm)
-
-
 def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     for row in rows:
@@ -151,15 +111,15 @@ def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
 # ---- the update loops -------------------------------------------------------------------------
 
 
-def policy_update(model, optimizer, experience: Batch, ptx_batches: list[Batch] | None, cfg: PpoConfig,
-                  seed: int, world_size: int = 1) -> dict[str, float]:
+def policy_update(trainer, experience: Batch, ptx_batches: list[Batch] | None, cfg: PpoConfig,
+                  seed: int) -> dict[str, float]:
     """`ppo_epochs` passes of `num_minibatches` optimizer steps over this rank's shard.
 
     Each step minimizes Eq. 4 as `eq4_policy_loss`: the clipped surrogate on the shaped advantages plus
     lambda_ptx times Eq. 1's loss on `ptx_batches[k]` (one batch of pretraining blocks per step k).
     `seed` fixes the minibatch shuffle (the same on every rank's shard, so resumes are exact).
     """
-    model.train()
+    trainer.train()
     g = torch.Generator().manual_seed(seed)
     rows = []
     k = 0
@@ -170,31 +130,31 @@ def policy_update(model, optimizer, experience: Batch, ptx_batches: list[Batch] 
             for i, micro in enumerate(micros):
                 micro = trim_padding(micro)
                 mask = micro["response_mask"]
-                logits = response_logits(model, micro)
+                logits = response_logits(trainer, micro)
                 logp = token_logprobs(logits, micro["response_ids"])
                 pg_loss, pg_stats = policy_loss(
                     logp, micro["old_logprobs"], micro["advantages"], mask, cfg.clip_range, cfg.dual_clip
                 )
                 loss = pg_loss / len(micros)
                 if i == 0 and ptx_batches is not None and cfg.ptx_coef > 0:
-                    lm_loss = ptx_loss(model, ptx_batches[k])
+                    lm_loss = ptx_loss(trainer, ptx_batches[k])
                     loss = eq4_policy_loss(loss, lm_loss, cfg.ptx_coef)
                     stats["ptx_loss"] = lm_loss.item()
-                loss.backward()
+                trainer.backward(loss)
                 with torch.no_grad():
                     stats["entropy"] += float(masked_mean(entropy_from_logits(logits.float()), mask)) / len(micros)
                 stats["policy_loss"] += pg_loss.item() / len(micros)
                 stats["clip_frac"] += float(pg_stats["clip_frac"]) / len(micros)
                 stats["approx_kl"] += float(pg_stats["approx_kl"]) / len(micros)
-            stats["policy_grad_norm"] = _optimizer_step(model, optimizer, cfg, world_size)
+            stats["policy_grad_norm"] = trainer.step()
             rows.append(dict(stats))
             k += 1
     return _mean_stats(rows)
 
 
-def critic_update(model, optimizer, experience: Batch, cfg: PpoConfig, seed: int, world_size: int = 1) -> dict[str, float]:
+def critic_update(trainer, experience: Batch, cfg: PpoConfig, seed: int) -> dict[str, float]:
     """The critic's clipped value regression towards the GAE returns, same schedule as the policy."""
-    model.train()
+    trainer.train()
     g = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(cfg.ppo_epochs):
@@ -203,14 +163,14 @@ def critic_update(model, optimizer, experience: Batch, cfg: PpoConfig, seed: int
             stats: dict[str, float] = defaultdict(float)
             for micro in micros:
                 micro = trim_padding(micro)
-                values = token_values(model, micro)
+                values = token_values(trainer.module, micro)
                 loss, v_stats = value_loss(
                     values, micro["old_values"], micro["returns"], micro["response_mask"], cfg.value_clip
                 )
-                (cfg.value_coef * loss / len(micros)).backward()
+                trainer.backward(cfg.value_coef * loss / len(micros))
                 stats["value_loss"] += loss.item() / len(micros)
                 stats["value_clip_frac"] += float(v_stats["value_clip_frac"]) / len(micros)
-            stats["critic_grad_norm"] = _optimizer_step(model, optimizer, cfg, world_size)
+            stats["critic_grad_norm"] = trainer.step()
             rows.append(dict(stats))
     return _mean_stats(rows)
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from batray.config.base import TrainConfig
+from batray.config.base import DeepSpeedConfig, TrainConfig
 
 
 def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -44,7 +44,12 @@ class WarmupCosine:
 
 def deepspeed_config(tc: TrainConfig, use_gpu: bool) -> dict:
     """The DeepSpeed JSON config of a stage; the batch sizes are per worker (micro) and accumulation."""
-    ds = tc.deepspeed
+    return deepspeed_json(tc.deepspeed, micro_batch_size=tc.micro_batch_size, grad_accum_steps=tc.grad_accum_steps,
+                          grad_clip=tc.optim.grad_clip)
+
+
+def deepspeed_json(ds: DeepSpeedConfig, *, micro_batch_size: int, grad_accum_steps: int, grad_clip: float) -> dict:
+    """DeepSpeed's JSON config from our `DeepSpeedConfig` (shared by the Ray Train stages and PPO's trainers)."""
     zero: dict = {"stage": ds.zero_stage}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -53,16 +58,16 @@ def deepspeed_config(tc: TrainConfig, use_gpu: bool) -> dict:
     if ds.offload_params and ds.zero_stage == 3:
         zero["offload_param"] = {"device": "cpu"}
     config = {
-        "train_micro_batch_size_per_gpu": tc.micro_batch_size,
-        "gradient_accumulation_steps": tc.grad_accum_steps,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,  # a torch optimizer is fine (and the only one on CPU)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if tc.optim.grad_clip > 0:
-        config["gradient_clipping"] = tc.optim.grad_clip
+    if grad_clip > 0:
+        config["gradient_clipping"] = grad_clip
     if ds.bf16:
         config["bf16"] = {"enabled": True}
     return config

@@ -1,0 +1,191 @@
+"""One PPO trainer rank (policy or critic): a model under a DeepSpeed engine, ZeRO stage 0-3.
+
+The N ranks of a role share one torch.distributed group (gloo on CPU, NCCL on GPU) that the actors
+join before this is built; DeepSpeed averages the gradients (stage 0), or shards the optimizer state
+(1), the gradients (2) and the parameters (3) over it. On CPU the optimizer is a plain
+`torch.optim.AdamW` handed to `deepspeed.initialize` (DeepSpeed's own Adam kernels need a compiler).
+
+Gradient accumulation: the update loops (`batray.ppo.train`) scale each micro batch's loss themselves
+and call `backward` per micro batch, then `step` once per minibatch. DeepSpeed is told the number of
+micro batches per minibatch (`micro_steps`) and counts them itself (an engine step after each
+backward), so its accumulation boundary, where ZeRO reduces the gradients and the optimizer steps,
+is the last micro batch of each minibatch.
+
+Collectives: under ZeRO-3 every forward gathers parameters from all ranks, so every rank must run the
+same number of forwards; and `full_weights`, `save` and `consolidated_state_dict` must be called on
+every rank of the role at once (the driver does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from batray.config.base import DeepSpeedConfig
+from batray.config.rl import PpoConfig
+from batray.train.engine import deepspeed_json
+
+ENGINE_DIR = "deepspeed"  # DeepSpeed's own checkpoint (model + per-rank optimizer partitions) in a role folder
+ENGINE_TAG = "engine"
+
+
+def micro_steps_per_update(cfg: PpoConfig, world_size: int) -> int:
+    """Micro batches in one minibatch of one rank's shard (the rollout batch divides evenly: config checks)."""
+    rows = cfg.rollout_batch_size // world_size // cfg.num_minibatches
+    return max(1, math.ceil(rows / cfg.micro_batch_size))
+
+
+class DeepSpeedTrainer:
+    """`module` for forwards (the engine itself: calling it runs DeepSpeed's forward), `backward`, `step`."""
+
+    def __init__(self, model: torch.nn.Module, *, lr: float, cfg: PpoConfig, world_size: int):
+        import warnings
+
+        import deepspeed
+
+        # DeepSpeed still calls the torch.distributed names torch 2.13 deprecates, once per collective.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\..* is deprecated")
+        self.zero_stage = cfg.deepspeed.zero_stage
+        self.micro_steps = micro_steps_per_update(cfg, world_size)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        config = ppo_deepspeed_config(cfg.deepspeed, cfg, world_size, self.micro_steps)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=config, dist_init_required=False
+        )
+        self._pending = 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The wrapped model (its submodules, e.g. the critic's backbone and value head, can be called directly:
+        ZeRO-3 gathers parameters per submodule through hooks)."""
+        return self.engine.module
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def train(self) -> None:
+        self.engine.train()
+
+    def eval(self) -> None:
+        self.engine.eval()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of an already scaled micro-batch loss. DeepSpeed's `step` after every
+        backward only advances its micro-step count, except on the boundary (the minibatch's last)."""
+        self.engine.backward(loss, scale_wrt_gas=False)
+        self.engine.step()
+        self._pending += 1
+
+    def step(self) -> float:
+        """End of a minibatch (DeepSpeed has reduced, clipped and stepped): the global grad norm."""
+        if self._pending != self.micro_steps:
+            raise RuntimeError(
+                f"{self._pending} micro batches accumulated, DeepSpeed expects {self.micro_steps} per update "
+                "(rollout_batch_size / num_actors / num_minibatches / micro_batch_size changed?)"
+            )
+        self._pending = 0
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    # -- weights out --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gathered(self, params: list[torch.nn.Parameter]) -> Iterator[None]:
+        """Full values of `params` inside the block (ZeRO-3 gathers them on every rank; else nothing to do)."""
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                yield
+        else:
+            yield
+
+    def weight_buckets(self, bucket_bytes: int, rank: int) -> list[dict[str, torch.Tensor]]:
+        """Named host copies of the parameters in buckets of about `bucket_bytes` on rank 0 (empty elsewhere).
+
+        Under ZeRO-3 each bucket is gathered on every rank in turn, so no rank ever holds more than one
+        bucket beyond its own shard."""
+        from batray.ppo.state import bucket_parameters
+
+        buckets = []
+        for group in bucket_parameters(list(self.module.named_parameters()), bucket_bytes, _full_bytes):
+            with self.gathered([p for _, p in group]):
+                if rank == 0:  # the object store carries host memory
+                    buckets.append({name: p.detach().to("cpu", copy=True) for name, p in group})
+        return buckets
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full model state on rank 0 (None under ZeRO-3 on other ranks); call on every rank."""
+        if self.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.module.state_dict()
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, folder: str | Path, rank: int, tokenizer=None) -> None:
+        """Rank 0: the HF folder (full weights, loadable on its own); every rank: DeepSpeed's checkpoint
+        (model + this rank's optimizer partition) under `deepspeed/` and its RNG state."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = self.consolidated_state_dict()
+        if rank == 0:
+            self.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+        self.engine.save_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False)
+        torch.save({"torch": torch.get_rng_state()}, folder / f"rng_rank{rank}.pt")
+
+    def load(self, folder: str | Path, rank: int) -> None:
+        """Restore DeepSpeed's checkpoint (weights and optimizer partitions) and this rank's RNG."""
+        folder = Path(folder)
+        if not (folder / ENGINE_DIR / ENGINE_TAG).is_dir():
+            raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint ({ENGINE_DIR}/{ENGINE_TAG}) to resume from")
+        self.engine.load_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, load_optimizer_states=True,
+                                    load_lr_scheduler_states=False)
+        rng = folder / f"rng_rank{rank}.pt"
+        if rng.is_file():
+            torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
+
+
+def ppo_deepspeed_config(ds: DeepSpeedConfig, cfg: PpoConfig, world_size: int, micro_steps: int) -> dict:
+    config = deepspeed_json(ds, micro_batch_size=cfg.micro_batch_size, grad_accum_steps=micro_steps,
+                            grad_clip=cfg.grad_clip)
+    config["train_batch_size"] = cfg.micro_batch_size * micro_steps * world_size
+    return config
+
+
+def _full_bytes(p: torch.nn.Parameter) -> int:
+    """Bytes of the full parameter (ZeRO-3 keeps the full shape in `ds_shape`)."""
+    shape = getattr(p, "ds_shape", p.shape)
+    return math.prod(shape) * p.element_size()
+
+
+class LocalTrainer:
+    """The trainer interface over a plain module and `torch.optim.AdamW` in one process, no process group:
+    the serial baseline of `benchmarks/bench_ppo.py` and the update loops' unit tests."""
+
+    def __init__(self, model: torch.nn.Module, *, lr: float, grad_clip: float = 1.0):
+        self.module = model
+        self.grad_clip = grad_clip
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
