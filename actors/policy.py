@@ -18,6 +18,7 @@ from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
 from batray.ppo.trainer import DeepSpeedTrainer
+from batray.ppo.weight_sync import broadcast, bucket_layout, open_broadcast_group, share_cuda
 
 
 class PolicyActor(DistributedWorker):
@@ -51,14 +52,40 @@ class PolicyActor(DistributedWorker):
         ptx_batches = [to_device(b, self.device) for b in ptx_batches] if ptx_batches else None
         return train.policy_update(self.trainer, experience, ptx_batches, self.cfg, seed)
 
+    # -- weight sync (batray.ppo.weight_sync): every rank calls these at once; rank 0 sends ----------
+    def sync_layout(self) -> list:
+        return bucket_layout(list(self.trainer.module.named_parameters()), self._bucket_bytes())
+
     @busy
     def weight_buckets(self) -> list:
-        """Object-store references to the weights in buckets of `sync_bucket_mb` (the CPU sync path); rank 0
-        returns them, the other ranks take part in ZeRO-3's gathers and return none."""
+        """`object_store`: references to (spec, host flat tensor) per bucket on rank 0; [] elsewhere."""
         import ray
 
-        size = int(self.cfg.sync_bucket_mb * (1 << 20))
-        return [ray.put(bucket) for bucket in self.trainer.weight_buckets(size, self.rank)]
+        return [ray.put((spec, flat.cpu())) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
+                if flat is not None]
+
+    def open_sync_group(self, addr: str, port: int, world_size: int, backend: str) -> None:
+        """`collective`: rank 0 becomes rank 0 of the broadcast group with the rollout engines."""
+        self.sync_group = None  # drop a previous group (an engine restarted) before forming the new one
+        if self.rank == 0:
+            self.sync_group = open_broadcast_group(addr, port, 0, world_size, backend, self.cfg.sync_timeout_s)
+
+    @busy
+    def broadcast_weights(self) -> None:
+        for _, flat in self.trainer.buckets(self._bucket_bytes(), self.rank):
+            if flat is not None:
+                broadcast(self.sync_group, flat, self.cfg.sync_timeout_s)
+
+    @busy
+    def share_weights(self) -> list:
+        """`cuda_ipc`: (spec, IPC handle) per bucket on rank 0. The flat buckets stay alive here until the
+        next sync replaces them, so the engines can read them after this returns."""
+        self._shared = [(spec, flat) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
+                        if flat is not None]
+        return [(spec, share_cuda(flat)) for spec, flat in self._shared]
+
+    def _bucket_bytes(self) -> int:
+        return int(self.cfg.sync_bucket_mb * (1 << 20))
 
     def save_checkpoint(self, folder: str) -> None:
         self.trainer.save(folder, self.rank, tokenizer=self.tokenizer)

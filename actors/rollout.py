@@ -10,6 +10,9 @@ Stable interface (used by `batray pairs` and by PPO):
 - `generate(prompts: list[list[int]], params: SamplingParams) -> list[Completion]`: prompt token ids
   in, one completion per prompt out, same order (token ids, per-token logprobs, text, finish reason).
 - `load_weights(named_tensors: dict[str, Tensor]) -> None`: in-place weight sync from a trainer.
+- PPO's weight sync (`batray.ppo.weight_sync`, driven by `actors.weight_sync.WeightSync`): `load_buckets`
+  (object store), `open_sync_group` + `receive_broadcast` (collective), `load_shared` (CUDA IPC); each
+  records the policy version it loaded, and `generate_versioned` returns it with the completions.
 
 Make a pool with `actors.group.ActorGroup(RolloutActor, n, init_kwargs={"model_path": ...})`.
 """
@@ -17,6 +20,7 @@ Make a pool with `actors.group.ActorGroup(RolloutActor, n, init_kwargs={"model_p
 from __future__ import annotations
 
 from actors.group import BusyClock, busy
+from batray.ppo.weight_sync import broadcast, open_broadcast_group, open_cuda, unflatten
 from batray.rollout.engine import Completion, SamplingParams, make_engine
 
 
@@ -44,3 +48,48 @@ class RolloutActor(BusyClock):
     @busy
     def load_weights(self, named_tensors: dict) -> None:
         self.engine.load_weights(named_tensors)
+
+    # -- PPO's weight sync ---------------------------------------------------------------------
+    weights_version = None  # the policy version last loaded (None: the checkpoint's own weights)
+
+    @busy
+    def generate_versioned(self, prompts: list[list[int]], params: SamplingParams) -> tuple[int | None, list[Completion]]:
+        """`generate`, and the weights version it ran with (a restarted engine reports None)."""
+        return self.weights_version, self.engine.generate(prompts, params)
+
+    @busy
+    def load_buckets(self, bucket_refs: list, version: int) -> None:
+        """`object_store`: read (spec, flat) buckets from the object store and load them."""
+        import ray
+
+        for ref in bucket_refs:
+            spec, flat = ray.get(ref)
+            self.engine.load_weights(unflatten(flat, spec))
+        self.weights_version = version
+
+    def open_sync_group(self, addr: str, port: int, rank: int, world_size: int, backend: str, layout: list,
+                        timeout_s: float) -> None:
+        """`collective`: join the broadcast group whose rank 0 is the policy's rank 0."""
+        self.sync_layout, self.sync_timeout_s = layout, timeout_s
+        self.sync_group = open_broadcast_group(addr, port, rank, world_size, backend, timeout_s)
+
+    @busy
+    def receive_broadcast(self, version: int) -> None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for spec in self.sync_layout:
+            flat = torch.empty(spec.numel, dtype=spec.dtype, device=device)
+            broadcast(self.sync_group, flat, self.sync_timeout_s)
+            self.engine.load_weights(unflatten(flat, spec))
+        self.weights_version = version
+
+    @busy
+    def load_shared(self, handles: list, version: int) -> None:
+        """`cuda_ipc`: copy each bucket straight from the policy's device memory."""
+        import torch
+
+        for spec, handle in handles:
+            self.engine.load_weights(unflatten(open_cuda(handle), spec))
+        torch.cuda.synchronize()  # the policy may overwrite its buckets once this returns
+        self.weights_version = version

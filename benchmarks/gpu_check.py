@@ -284,6 +284,7 @@ def check_zero3(path: str):
     from batray.distributed import destroy_process_group, free_port, init_process_group
     from batray.models.presets import load_causal_lm
     from batray.ppo.trainer import DeepSpeedTrainer
+    from batray.ppo.weight_sync import unflatten
 
     cuda = torch.cuda.is_available()
     port = free_port()
@@ -303,8 +304,8 @@ def check_zero3(path: str):
             trainer.backward(loss / trainer.micro_steps)
         norm = trainer.step()
         step_s = time.perf_counter() - t
-        buckets = trainer.weight_buckets(16 << 20, rank=0)
-        synced = {n: t for b in buckets for n, t in b.items()}
+        buckets = list(trainer.buckets(16 << 20, rank=0))
+        synced = {n: t.cpu() for spec, flat in buckets for n, t in unflatten(flat, spec).items()}
         full = trainer.consolidated_state_dict()
         same = all(torch.equal(synced[n].float(), full[n].float().cpu()) for n in synced)
         moved = any(not torch.equal(synced[n].float(), before[n]) for n in before)

@@ -39,10 +39,11 @@ from batray.metrics import MetricsLogger
 from batray.models.tokenizer import load_tokenizer
 from batray.objectives.ppo import make_kl_controller
 from batray.ppo import state
-from batray.ppo.batch import Sample, collate, select, shard, split_rows
+from batray.ppo.batch import Sample, collate, select, split_rows
 from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
 from batray.ppo.train import num_update_steps
+from batray.ppo.weight_sync import choose_transport
 from batray.rollout.engine import SamplingParams
 from jobs.common import init_ray, resolve, setup_logging, stage_parser
 
@@ -163,13 +164,6 @@ def rollout_kwargs(ppo: PpoConfig) -> dict:
 # ---- weight sync and fault-tolerant calls ----------------------------------------------------
 
 
-def _sync_tag(engine, tag=None):
-    """Set (tag given) or read the weight-sync tag stored on a rollout engine actor."""
-    if tag is not None:
-        engine._batray_synced_step = tag
-    return getattr(engine, "_batray_synced_step", None)
-
-
 class StaleEngine(Exception):
     """A rollout engine answered without the latest weights (it was restarted after the last sync)."""
 
@@ -185,24 +179,23 @@ class Driver:
         self.reward_mean, self.reward_std = reward_stats
         self.synced_tag: int | None = None
         self.recoveries = 0
+        from actors.weight_sync import WeightSync
+
+        cuda = torch.cuda.is_available()
+        transport = choose_transport(self.ppo.sync_transport, colocate=self.ppo.colocate, cuda=cuda)
+        self.weight_sync = WeightSync(roles["policy"], roles["rollout"], transport, backend="nccl" if cuda else "gloo",
+                                      timeout_s=self.ppo.sync_timeout_s)
 
     # -- sync ----------------------------------------------------------------------------------
     def sync_weights(self, tag: int) -> None:
-        """Policy rank 0 -> every rollout engine, bucket by bucket through the object store (every policy rank
-        takes part: under ZeRO-3 each bucket is gathered from all of them)."""
+        """Policy -> every rollout engine through `self.weight_sync` (object store, broadcast group or
+        CUDA IPC); every policy rank takes part (under ZeRO-3 each bucket is gathered from all of them)."""
         import ray
 
-        engines = self.roles["rollout"].actors
         try:
-            buckets = self.roles["policy"].call("weight_buckets", timeout_s=self.ppo.sync_timeout_s)[0]
-            loads = [e.load_weights.remote(b) for b in buckets for e in engines]
-            ray.get(loads, timeout=self.ppo.sync_timeout_s)
-            ray.get([e.__ray_call__.remote(_sync_tag, tag) for e in engines], timeout=self.ppo.sync_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise BatrayError(
-                f"weight sync policy -> {len(engines)} rollout engine(s) did not finish within "
-                f"{self.ppo.sync_timeout_s:g}s (ppo.sync_timeout_s)"
-            ) from None
+            self.weight_sync.push(tag)
+        except ray.exceptions.RayTaskError as e:
+            raise BatrayError(f"weight sync ({self.weight_sync.transport}) failed: {_root_cause(e)}") from None
         self.synced_tag = tag
 
     def compute_time(self, *roles: str, sequential: bool = False) -> float | None:
@@ -216,13 +209,6 @@ class Driver:
         per_role = [ray.get([a.take_busy.remote() for a in self.roles[r].actors], timeout=self.ppo.actor_timeout_s)
                     for r in roles]
         return sum(max(t) for t in per_role) if sequential else max(t for ts in per_role for t in ts)
-
-    def _engines_in_sync(self) -> bool:
-        import ray
-
-        tags = ray.get([e.__ray_call__.remote(_sync_tag) for e in self.roles["rollout"].actors],
-                       timeout=self.ppo.actor_timeout_s)
-        return all(t == self.synced_tag for t in tags)
 
     def _recover(self, role: str, err: Exception, attempt: int) -> None:
         """Wait for Ray to restart the role's actors, then re-sync rollout engines."""
@@ -245,6 +231,7 @@ class Driver:
                         raise BatrayError(f"{role} actor did not come back within {self.ppo.actor_timeout_s:g}s") from None
                     time.sleep(0.2)  # polling Ray's restart; no test synchronizes on this
         if role == "rollout":
+            self.weight_sync.reconnect()  # the restarted engine is not in the old broadcast group
             self.sync_weights(self.synced_tag if self.synced_tag is not None else 0)
 
     # -- the phases ----------------------------------------------------------------------------
@@ -261,10 +248,11 @@ class Driver:
                 for k, (engine, rows) in enumerate(zip(engines, parts)):
                     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                             seed=_seed(self.ppo.seed, step, k))
-                    refs.append(engine.generate.remote([ids for _, ids in batch_prompts[rows]], params))
-                results = ray.get(refs, timeout=self.ppo.actor_timeout_s)
-                if not self._engines_in_sync():  # restarted after the sync: generated with stale weights
-                    raise StaleEngine("a rollout engine was restarted after the last weight sync")
+                    refs.append(engine.generate_versioned.remote([ids for _, ids in batch_prompts[rows]], params))
+                versioned = ray.get(refs, timeout=self.ppo.actor_timeout_s)
+                if any(version != self.synced_tag for version, _ in versioned):  # restarted after the last sync
+                    raise StaleEngine("a rollout engine answered with stale weights (restarted after the last sync)")
+                results = [completions for _, completions in versioned]
                 break
             except (ray.exceptions.RayActorError, StaleEngine) as e:
                 self._recover("rollout", e, attempt)
@@ -295,11 +283,11 @@ class Driver:
         """Old log-probs (policy ranks), reference log-probs and values, all in flight at once."""
         import ray
 
-        n = batch["input_ids"].shape[0]
+        parts = RowParts(batch)
 
-        def launch(group, method):
-            parts = split_rows(n, len(group))
-            return [getattr(a, method).remote(select(batch, p)) for a, p in zip(group.actors, parts) if p.stop > p.start]
+        def launch(group, method):  # an actor with no rows (more reference actors than rows) is not called
+            return [getattr(a, method).remote(ref) for a, ref in zip(group.actors, parts.refs(len(group)))
+                    if ref is not None]
 
         refs = [launch(self.roles["policy"], "logprobs"), launch(self.roles["reference"], "logprobs"),
                 launch(self.roles["critic"], "values")]
@@ -319,9 +307,10 @@ class Driver:
         if self.ptx is not None and self.ppo.ptx_coef > 0:
             k = num_update_steps(self.ppo)
             ptx = [[self.ptx.next_blocks(self.ppo.ptx_batch_size) for _ in range(k)] for _ in range(len(policy))]
-        p_refs = [a.train.remote(s, ptx[r] if ptx else None, seed)
-                  for r, (a, s) in enumerate(zip(policy.actors, shard(experience, len(policy))))]
-        c_refs = [a.train.remote(s, seed) for a, s in zip(critic.actors, shard(experience, len(critic)))]
+        parts = RowParts(experience)  # the config makes both roles' rank counts divide the batch: equal shards
+        p_refs = [a.train.remote(ref, ptx[r] if ptx else None, seed)
+                  for r, (a, ref) in enumerate(zip(policy.actors, parts.refs(len(policy))))]
+        c_refs = [a.train.remote(ref, seed) for a, ref in zip(critic.actors, parts.refs(len(critic)))]
         p_stats = ray.get(p_refs, timeout=self.ppo.actor_timeout_s)
         c_stats = ray.get(c_refs, timeout=self.ppo.actor_timeout_s)
         return _mean_rows(p_stats), _mean_rows(c_stats)
@@ -392,6 +381,28 @@ class Driver:
         refs += self.roles["critic"].call_async("save_checkpoint", str(tmp / "critic"))
         ray.get(refs, timeout=self.ppo.actor_timeout_s)
         return state.commit_checkpoint(root, step, tmp, self.state_dict(step), self.ppo.keep_checkpoints)
+
+
+class RowParts:
+    """A batch's contiguous row splits, each put in the object store once: roles with the same number of
+    actors (one each, usually) share the same objects instead of serializing the batch per call."""
+
+    def __init__(self, batch: dict):
+        self.batch, self.n, self._refs = batch, batch["input_ids"].shape[0], {}
+
+    def refs(self, num_parts: int) -> list:
+        import ray
+
+        out = []
+        for rows in split_rows(self.n, num_parts):
+            if rows.stop == rows.start:
+                out.append(None)
+                continue
+            key = (rows.start, rows.stop)
+            if key not in self._refs:
+                self._refs[key] = ray.put(select(self.batch, rows))
+            out.append(self._refs[key])
+        return out
 
 
 def _seed(base: int, step: int, k: int) -> int:

@@ -155,16 +155,25 @@ def test_trainer_logprobs_match_the_rollout_engine(tiny_checkpoint):
     assert values.shape == mask.shape and (values[mask == 0] == 0).all()
 
 
-def test_weight_buckets_cover_every_parameter(tiny_checkpoint):
+def test_weight_sync_buckets_cover_every_parameter(tiny_checkpoint):
     from batray.models.presets import load_causal_lm
+    from batray.ppo.weight_sync import bucket_layout, flatten, unflatten
 
     model = load_causal_lm(tiny_checkpoint)
     named = list(model.named_parameters())
-    buckets = state.bucket_parameters(named, bucket_bytes=64 << 10)
-    assert len(buckets) > 1
-    assert [n for b in buckets for n, _ in b] == [n for n, _ in named]
-    for b in buckets[:-1]:  # full buckets stop before the limit, unless one tensor alone exceeds it
-        assert len(b) == 1 or sum(t.numel() * t.element_size() for _, t in b) <= 64 << 10
+    layout = bucket_layout(named, bucket_bytes=64 << 10)
+    assert len(layout) > 1
+    assert [n for spec in layout for n in spec.names] == [n for n, _ in named]
+    for spec in layout[:-1]:  # full buckets stop before the limit, unless one tensor alone exceeds it
+        assert len(spec.names) == 1 or spec.numel * 4 <= 64 << 10
+    params = dict(named)
+    for spec in layout:  # a flat bucket unflattens into the same tensors, names and shapes
+        flat = flatten([params[n].detach() for n in spec.names])
+        assert flat.numel() == spec.numel
+        assert all(torch.equal(t, params[n]) for n, t in unflatten(flat, spec).items())
+    # a dtype change starts a new bucket (every bucket travels as one flat tensor of one dtype)
+    mixed = [("a", torch.zeros(4)), ("b", torch.zeros(4, dtype=torch.bfloat16)), ("c", torch.zeros(4, dtype=torch.bfloat16))]
+    assert [spec.names for spec in bucket_layout(mixed, 1 << 20)] == [("a",), ("b", "c")]
 
 
 def test_config_and_input_errors_are_one_line(tmp_path):

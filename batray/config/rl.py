@@ -207,6 +207,11 @@ class PpoConfig(Schema):
     sync_timeout_s: float = Field(default=120.0, gt=0, description="weight sync, and the trainers' process groups "
                                   "(DeepSpeed's collectives fail after it)")
     sync_bucket_mb: float = Field(default=64.0, gt=0, description="weight-sync bucket size")
+    sync_transport: Literal["auto", "object_store", "collective", "cuda_ipc"] = Field(
+        default="auto",
+        description="policy -> rollout engines: auto = object_store on CPU; on GPU cuda_ipc when colocated, "
+        "else collective (an NCCL broadcast group; gloo on CPU)",
+    )
     actor_timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one role's call")
     ckpt_every: int = Field(default=10, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)

@@ -1,4 +1,4 @@
-"""PPO checkpoints and weight-sync buckets.
+"""PPO checkpoints.
 
 A checkpoint is one folder per saved step, written under a temporary name and renamed when complete;
 `latest` (a one-line file, replaced atomically) names the newest complete one, so a crash at any
@@ -17,8 +17,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-
-import torch
 
 LATEST = "latest"
 STATE = "state.json"
@@ -65,27 +63,3 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def read_state(folder: str | Path) -> dict:
     return json.loads(Path(folder, STATE).read_text())
-
-
-# ---- weight sync ------------------------------------------------------------------------------
-
-
-def bucket_parameters(named: list[tuple[str, torch.Tensor]], bucket_bytes: int, nbytes=None) -> list[list[tuple[str, torch.Tensor]]]:
-    """`named` parameters in consecutive groups of about `bucket_bytes` (at least one tensor each).
-
-    Each bucket travels as one object (object store) or one broadcast, so no single transfer holds a
-    whole large model and the receiver loads bucket by bucket. `nbytes(t)` sizes a tensor (ZeRO-3's
-    partitioned parameters report their full size through it)."""
-    nbytes = nbytes or (lambda t: t.numel() * t.element_size())
-    buckets: list[list[tuple[str, torch.Tensor]]] = []
-    current: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, t in named:
-        if current and size + nbytes(t) > bucket_bytes:
-            buckets.append(current)
-            current, size = [], 0
-        current.append((name, t))
-        size += nbytes(t)
-    if current:
-        buckets.append(current)
-    return buckets

@@ -27,6 +27,7 @@ import torch
 
 from batray.config.base import DeepSpeedConfig
 from batray.config.rl import PpoConfig
+from batray.ppo.weight_sync import BucketSpec, bucket_layout, flatten
 from batray.train.engine import deepspeed_json
 
 ENGINE_DIR = "deepspeed"  # DeepSpeed's own checkpoint (model + per-rank optimizer partitions) in a role folder
@@ -103,19 +104,16 @@ class DeepSpeedTrainer:
         else:
             yield
 
-    def weight_buckets(self, bucket_bytes: int, rank: int) -> list[dict[str, torch.Tensor]]:
-        """Named host copies of the parameters in buckets of about `bucket_bytes` on rank 0 (empty elsewhere).
-
-        Under ZeRO-3 each bucket is gathered on every rank in turn, so no rank ever holds more than one
-        bucket beyond its own shard."""
-        from batray.ppo.state import bucket_parameters
-
-        buckets = []
-        for group in bucket_parameters(list(self.module.named_parameters()), bucket_bytes, _full_bytes):
-            with self.gathered([p for _, p in group]):
-                if rank == 0:  # the object store carries host memory
-                    buckets.append({name: p.detach().to("cpu", copy=True) for name, p in group})
-        return buckets
+    def buckets(self, bucket_bytes: int, rank: int) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
+        """The weights as flat buckets (`batray.ppo.weight_sync`), in order: (spec, flat copy) on rank 0,
+        (spec, None) elsewhere. Under ZeRO-3 each bucket is gathered on every rank in turn, so no rank holds
+        more than one bucket beyond its own shard; every rank must iterate to the end."""
+        params = dict(self.module.named_parameters())
+        for spec in bucket_layout(list(params.items()), bucket_bytes):
+            group = [params[n] for n in spec.names]
+            with self.gathered(group):
+                flat = flatten([p.detach() for p in group]) if rank == 0 else None  # a copy: outlives the gather
+            yield spec, flat
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The full model state on rank 0 (None under ZeRO-3 on other ranks); call on every rank."""
@@ -156,10 +154,6 @@ def ppo_deepspeed_config(ds: DeepSpeedConfig, cfg: PpoConfig, world_size: int, m
     return config
 
 
-def _full_bytes(p: torch.nn.Parameter) -> int:
-    """Bytes of the full parameter (ZeRO-3 keeps the full shape in `ds_shape`)."""
-    shape = getattr(p, "ds_shape", p.shape)
-    return math.prod(shape) * p.element_size()
 
 
 class LocalTrainer:
