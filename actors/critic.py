@@ -37,15 +37,20 @@ class CriticActor(DistributedWorker):
 
     @busy
     def values(self, batch: dict) -> torch.Tensor:
+        self.trainer.wake()  # ppo.offload_between_phases
         self.trainer.eval()
         return train.batch_values(self.trainer.module, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     @busy
     def train(self, experience: dict, seed: int) -> dict[str, float]:
-        return train.critic_update(self.trainer, to_device(experience, self.device), self.cfg, seed)
+        stats = train.critic_update(self.trainer, to_device(experience, self.device), self.cfg, seed)
+        self.trainer.sleep()  # the step's last use of the critic
+        return stats
 
     def save_checkpoint(self, folder: str) -> None:
+        self.trainer.wake()
         self.trainer.save(folder, self.rank, tokenizer=self.tokenizer)
 
     def load_checkpoint(self, folder: str) -> None:
+        self.trainer.wake()
         self.trainer.load(folder, self.rank)

@@ -43,11 +43,13 @@ class PolicyActor(DistributedWorker):
 
     @busy
     def logprobs(self, batch: dict) -> torch.Tensor:
+        self.trainer.wake()  # the step's first use of the weights (ppo.offload_between_phases)
         self.trainer.eval()
         return train.response_logprobs(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     @busy
     def train(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> dict[str, float]:
+        self.trainer.wake()
         experience = to_device(experience, self.device)
         ptx_batches = [to_device(b, self.device) for b in ptx_batches] if ptx_batches else None
         return train.policy_update(self.trainer, experience, ptx_batches, self.cfg, seed)
@@ -61,8 +63,10 @@ class PolicyActor(DistributedWorker):
         """`object_store`: references to (spec, host flat tensor) per bucket on rank 0; [] elsewhere."""
         import ray
 
-        return [ray.put((spec, flat.cpu())) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
+        refs = [ray.put((spec, flat.cpu())) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
                 if flat is not None]
+        self.trainer.sleep()  # the step's last use of the weights
+        return refs
 
     def open_sync_group(self, addr: str, port: int, world_size: int, backend: str) -> None:
         """`collective`: rank 0 becomes rank 0 of the broadcast group with the rollout engines."""
@@ -75,6 +79,7 @@ class PolicyActor(DistributedWorker):
         for _, flat in self.trainer.buckets(self._bucket_bytes(), self.rank):
             if flat is not None:
                 broadcast(self.sync_group, flat, self.cfg.sync_timeout_s)
+        self.trainer.sleep()
 
     @busy
     def share_weights(self) -> list:
@@ -82,18 +87,28 @@ class PolicyActor(DistributedWorker):
         next sync replaces them, so the engines can read them after this returns."""
         self._shared = [(spec, flat) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
                         if flat is not None]
+        self.trainer.sleep()  # the shared flat copies stay on the GPU until the next sync
         return [(spec, share_cuda(flat)) for spec, flat in self._shared]
+
+    def device_memory(self) -> dict[str, float]:
+        """GiB of device memory this process holds now (allocated by tensors, reserved by the allocator)."""
+        if not torch.cuda.is_available():
+            return {"allocated": 0.0, "reserved": 0.0}
+        return {"allocated": torch.cuda.memory_allocated() / 2**30, "reserved": torch.cuda.memory_reserved() / 2**30}
 
     def _bucket_bytes(self) -> int:
         return int(self.cfg.sync_bucket_mb * (1 << 20))
 
     def save_checkpoint(self, folder: str) -> None:
+        self.trainer.wake()
         self.trainer.save(folder, self.rank, tokenizer=self.tokenizer)
 
     def load_checkpoint(self, folder: str) -> None:
+        self.trainer.wake()
         self.trainer.load(folder, self.rank)
 
     def save_final(self, folder: str, **marker) -> str | None:
+        self.trainer.wake()
         state = self.trainer.consolidated_state_dict()  # a collective under ZeRO-3
         if self.rank != 0:
             return None

@@ -35,6 +35,7 @@ Checks, in order (each small: a GLM-family model of ~30M parameters built from c
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -52,6 +53,7 @@ RESULTS: dict[str, dict] = {}
 
 def check(name):
     def wrap(fn):
+        @functools.wraps(fn)
         def run(*args, **kwargs):
             t = time.perf_counter()
             try:
@@ -319,7 +321,7 @@ def check_zero3(path: str):
 
 
 @check("ppo_job")
-def check_ppo_job(path: str, work: Path):
+def check_ppo_job(path: str, work: Path, extra: tuple[str, ...] = ()):
     import importlib.util
 
     import ray
@@ -338,23 +340,43 @@ def check_ppo_job(path: str, work: Path):
         "ppo.steps=4", "ppo.rollout_batch_size=32", "ppo.micro_batch_size=16", "ppo.sampling.max_new_tokens=64",
         "ppo.reward.kind=rule", f"ppo.reward.target_text={json.dumps(' '.join(texts))}", "ppo.colocate=true",
         f"ppo.rollout.backend={backend}", "ppo.deepspeed.zero_stage=3", f"ppo.deepspeed.bf16={str(cuda).lower()}",
-        "ppo.profile_phases=true", "ppo.ckpt_every=2",
+        "ppo.profile_phases=true", "ppo.ckpt_every=2", f"ppo.offload_between_phases={str(cuda).lower()}",
         *[f"ppo.{r}.num_gpus={int(cuda)}" for r in ("policy", "critic", "reference", "reward", "rollout")],
+        *extra,
     ])
-    run_ppo(cfg, str(work / "ppo"), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"))
-    rows = read_metrics(work / "ppo")
+    memory = {}
+
+    def awake_vs_asleep(_self):  # runs inside policy rank 0 after a step, when it is asleep
+        asleep = _self.device_memory()
+        _self.trainer.wake()
+        awake = _self.device_memory()
+        _self.trainer.sleep()
+        return {"awake_gib": round(awake["allocated"], 3), "asleep_gib": round(asleep["allocated"], 3)}
+
+    def on_step(step, roles):
+        if step == 1:  # no checkpoint at step 1 (a checkpoint wakes the trainer)
+            memory.update(ray.get(roles["policy"].actors[0].__ray_call__.remote(awake_vs_asleep)))
+
+    out = work / "-".join(("ppo",) + tuple(x.replace("=", "_") for x in extra))
+    run_ppo(cfg, str(out), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"),
+            on_step=on_step)
+    rows = read_metrics(out)
     timed = rows[1:] or rows  # step 1 carries warm-up (first CUDA kernels, allocator growth)
     phases = ("generate", "score", "experience", "train", "sync")
     step_s = sum(r["time_step"] for r in timed)
     compute_s = sum(r.get(f"compute_{p}") or 0.0 for r in timed for p in phases)
     last = rows[-1]
-    return {"backend": backend, "zero_stage": 3, "steps": len(rows), "reward": last["reward"],
+    from batray.ppo.weight_sync import choose_transport
+
+    transport = choose_transport(cfg.ppo.sync_transport, colocate=True, cuda=cuda)
+    return {"backend": backend, "zero_stage": 3, "sync_transport": transport, "policy_memory_step1": memory,
+            "steps": len(rows), "reward": last["reward"],
             "rollout_logprob_diff_mean": last["rollout_logprob_diff_mean"],
             "rollout_logprob_diff_max": last["rollout_logprob_diff_max"],
             **{f"mean_time_{p}": round(sum(r[f"time_{p}"] for r in timed) / len(timed), 3) for p in phases},
             "mean_time_step": round(step_s / len(timed), 3),
             "orchestration_share": round(1 - compute_s / step_s, 3) if step_s else None,
-            "checkpoints": sorted(p.name for p in (work / "ppo" / "ckpt").glob("step_*")), "ray": ray.__version__}
+            "checkpoints": sorted(p.name for p in (out / "ckpt").glob("step_*")), "ray": ray.__version__}
 
 
 def _free_port() -> int:
@@ -383,7 +405,7 @@ def main() -> int:
     for fn, args_ in ((check_vllm, (path,)), (check_nccl, (path,)), (check_zero3, (path,))):
         if fn.check_name not in skip:
             fn(*args_)
-    if not {"cuda_ipc", "ppo_job"} <= skip:
+    if not {"cuda_ipc", "ppo_job", "ppo_job_awake", "ppo_job_object_store"} <= skip:
         import ray
 
         from conftest import WORKER_ENV
@@ -395,6 +417,13 @@ def main() -> int:
                 check_cuda_ipc(path)
             if "ppo_job" not in skip:
                 check_ppo_job(path, work)
+            variants = {  # the same job: trainers never asleep; synced through host memory as well
+                "ppo_job_awake": ("ppo.offload_between_phases=false",),
+                "ppo_job_object_store": ("ppo.sync_transport=object_store", "ppo.offload_between_phases=false"),
+            }
+            for name, overrides in variants.items():
+                if name not in skip:
+                    check(name)(check_ppo_job.__wrapped__)(path, work, overrides)
         finally:
             ray.shutdown()
     out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)

@@ -179,6 +179,12 @@ class PpoConfig(Schema):
         default=DeepSpeedConfig(),
         description="the policy's and critic's DeepSpeed engines: ZeRO stage 0-3 across each role's ranks, bf16 on GPU",
     )
+    offload_between_phases: bool = Field(
+        default=False,
+        description="GPU: the policy's and critic's ZeRO optimizer states, gradients and weights move to host memory "
+        "while the rollout engines generate (colocated roles share the GPU), and back for the next forward; "
+        "needs deepspeed.zero_stage >= 1; no effect on CPU",
+    )
     # Eq. 4 terms
     kl_coef: float = Field(default=0.05, ge=0, description="lambda_KL")
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
@@ -231,6 +237,12 @@ class PpoConfig(Schema):
         default=None, description="null: the reward model (InstructGPT), or policy_init with a fresh head for a rule reward"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> "PpoConfig":
+        if self.offload_between_phases and self.deepspeed.zero_stage == 0:
+            raise ValueError("offload_between_phases needs deepspeed.zero_stage 1, 2 or 3 (ZeRO owns the states it moves)")
+        return self
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "PpoConfig":
