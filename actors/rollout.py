@@ -26,7 +26,7 @@ from batray.rollout.engine import Completion, SamplingParams, make_engine
 
 class RolloutActor(BusyClock):
     def __init__(self, model_path: str, backend: str = "auto", tensor_parallel_size: int = 1, device: str = "auto",
-                 **engine_kwargs):
+                 sleep_between_phases: bool = False, **engine_kwargs):
         import torch
         from transformers.utils import logging as hf_logging
 
@@ -36,7 +36,9 @@ class RolloutActor(BusyClock):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model_path = model_path
-        self.engine = make_engine(model_path, backend=backend, device=device, **engine_kwargs)
+        self.sleep_between_phases = sleep_between_phases
+        self.engine = make_engine(model_path, backend=backend, device=device, sleep_mode=sleep_between_phases,
+                                  **engine_kwargs)
 
     def ready(self) -> bool:
         return True
@@ -54,8 +56,12 @@ class RolloutActor(BusyClock):
 
     @busy
     def generate_versioned(self, prompts: list[list[int]], params: SamplingParams) -> tuple[int | None, list[Completion]]:
-        """`generate`, and the weights version it ran with (a restarted engine reports None)."""
-        return self.weights_version, self.engine.generate(prompts, params)
+        """`generate`, and the weights version it ran with (a restarted engine reports None). With
+        `sleep_between_phases` the engine then sleeps until the next weight load (PPO's trainers run)."""
+        completions = self.engine.generate(prompts, params)
+        if self.sleep_between_phases:
+            self.engine.sleep()
+        return self.weights_version, completions
 
     @busy
     def load_buckets(self, bucket_refs: list, version: int) -> None:

@@ -2,8 +2,9 @@
 
     batray ppo --config FILE [--run-dir DIR] [ppo.steps=40 ...]
 
-Roles (DESIGN.md §5), each an `ActorGroup`: policy (N trainer ranks in one torch.distributed group),
-critic (same), reference (frozen pi_inst), reward (reward model or rule) and rollout engines. With
+Roles (DESIGN.md §5), each an `ActorGroup`: policy (N trainer ranks in one torch.distributed group, under
+DeepSpeed ZeRO `ppo.deepspeed.zero_stage`), critic (same), reference (frozen pi_inst), reward (reward model
+or rule) and rollout engines. With
 `ppo.colocate` every role shares the bundles of one placement group with fractional resources;
 otherwise each role gets its own placement group (`ppo.<role>.strategy`).
 
@@ -15,6 +16,8 @@ One PPO step, as the driver runs it (all math is in `batray.objectives.ppo` / `b
              -> shaped rewards, GAE, whitening (driver, whole batch)
              -> policy update (Eq. 4: PPO + lambda_ptx Eq. 1) | critic update     [train]
              -> policy weights -> rollout engines, bucketed, with a timeout       [sync]
+                (`ppo.sync_transport`: object store, a gloo/NCCL broadcast group, or CUDA IPC;
+                 `actors.weight_sync`)
 
 Reliability: a checkpoint every `ckpt_every` steps (policy, critic, optimizers, RNG, KL controller,
 prompt and ptx positions); a rerun resumes from the latest one and, with a fixed seed on CPU,
@@ -158,7 +161,8 @@ class PpoRoles:
 
 
 def rollout_kwargs(ppo: PpoConfig) -> dict:
-    return {"backend": ppo.rollout.backend, "tensor_parallel_size": ppo.rollout.tensor_parallel_size}
+    return {"backend": ppo.rollout.backend, "tensor_parallel_size": ppo.rollout.tensor_parallel_size,
+            "sleep_between_phases": ppo.offload_between_phases}
 
 
 # ---- weight sync and fault-tolerant calls ----------------------------------------------------

@@ -181,9 +181,9 @@ class PpoConfig(Schema):
     )
     offload_between_phases: bool = Field(
         default=False,
-        description="GPU: the policy's and critic's ZeRO optimizer states, gradients and weights move to host memory "
-        "while the rollout engines generate (colocated roles share the GPU), and back for the next forward; "
-        "needs deepspeed.zero_stage >= 1; no effect on CPU",
+        description="GPU, colocated roles: the policy's and critic's Adam moments and ZeRO fp32 masters move to host "
+        "memory while the engines generate, and vLLM engines sleep while the trainers run; needs "
+        "deepspeed.zero_stage >= 1; no effect on CPU",
     )
     # Eq. 4 terms
     kl_coef: float = Field(default=0.05, ge=0, description="lambda_KL")

@@ -39,6 +39,12 @@ class RolloutEngine(Protocol):
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> None: ...
 
+    def sleep(self) -> None:
+        """Free the device for colocated trainers until the next `generate` or `load_weights` (vLLM's
+        sleep mode; a no-op where there is nothing to free)."""
+
+    def wake(self) -> None: ...
+
 
 class HFRolloutEngine:
     """transformers `generate`, batched with left padding. Deterministic for a given `params.seed`."""
@@ -101,6 +107,12 @@ class HFRolloutEngine:
             outs.append(Completion(list(p), toks, token_logp[i, :n].tolist(), text, reason))
         return outs
 
+    def sleep(self) -> None:  # transformers keeps no KV cache between calls: nothing to free
+        pass
+
+    def wake(self) -> None:
+        pass
+
     def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
         """Weight sync from the trainer: copy tensors in place (names as in the policy's state_dict)."""
         params = dict(self.model.named_parameters())
@@ -112,15 +124,17 @@ class HFRolloutEngine:
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
-def make_engine(model_path: str, backend: str = "auto", device: str = "cpu", **kwargs) -> RolloutEngine:
-    """An engine for a checkpoint: vLLM when asked (or `auto` with CUDA and vLLM installed), else HF."""
+def make_engine(model_path: str, backend: str = "auto", device: str = "cpu", sleep_mode: bool = False,
+                **kwargs) -> RolloutEngine:
+    """An engine for a checkpoint: vLLM when asked (or `auto` with CUDA and vLLM installed), else HF.
+    `sleep_mode`: vLLM may `sleep` between generations (colocated PPO on GPU)."""
     from batray.models.presets import load_causal_lm
     from batray.models.tokenizer import load_tokenizer
 
     if backend == "vllm" or (backend == "auto" and torch.cuda.is_available() and _vllm_available()):
         from batray.rollout.vllm_engine import VLLMRolloutEngine  # lazy: optional CUDA-only extra
 
-        return VLLMRolloutEngine(model_path, **kwargs)
+        return VLLMRolloutEngine(model_path, enable_sleep_mode=sleep_mode, **kwargs)
     if backend not in ("auto", "hf"):
         raise ValueError(f"unknown rollout backend {backend!r}")
     return HFRolloutEngine(load_causal_lm(model_path, device=device), load_tokenizer(model_path), device=device, **kwargs)
