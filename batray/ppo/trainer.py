@@ -61,6 +61,7 @@ class DeepSpeedTrainer:
         # Sleep between phases only where it frees something: on a GPU (`ppo.offload_between_phases`).
         self.can_sleep = cfg.offload_between_phases and torch.cuda.is_available()
         self._asleep: list[tuple[torch.Tensor, torch.device]] = []
+        self._host: list[torch.Tensor] = []
 
     def sleep(self) -> None:
         """Move the optimizer's states (Adam's moments) and ZeRO's fp32 master partitions to host memory:
@@ -69,10 +70,17 @@ class DeepSpeedTrainer:
         are the same tensors, moved by `.data` so every reference to them stays valid.)"""
         if not self.can_sleep or self._asleep:
             return
-        for t in self.optimizer_tensors():
-            if t.device.type != "cpu":
-                self._asleep.append((t, t.device))
-                t.data = t.data.to("cpu").pin_memory()
+        tensors = [t for t in self.optimizer_tensors() if t.device.type != "cpu"]
+        # Pinned host buffers are allocated once (again only when the set changes: Adam's moments appear at
+        # the first step) and reused: pinning is the slow part of moving memory out.
+        if [(h.shape, h.dtype) for h in self._host] != [(t.shape, t.dtype) for t in tensors]:
+            self._host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for t, host in zip(tensors, self._host):
+            host.copy_(t, non_blocking=True)
+        torch.cuda.synchronize()
+        for t, host in zip(tensors, self._host):
+            self._asleep.append((t, t.device))
+            t.data = host
         torch.cuda.empty_cache()
 
     def wake(self) -> None:
