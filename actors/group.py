@@ -9,6 +9,7 @@ torch.distributed group (gloo on CPU, NCCL on GPU) through `batray.distributed`.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -149,8 +150,6 @@ class DistributedWorker(BusyClock):
         return node_ip(), free_port()
 
     def join_process_group(self, addr: str, port: int, backend: str | None, timeout_s: float) -> None:
-        import os
-
         from batray.distributed import init_process_group
 
         # What torchrun would set; DeepSpeed reads them. Ray gives each actor its own CUDA_VISIBLE_DEVICES,

@@ -18,7 +18,7 @@ from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
 from batray.ppo.trainer import DeepSpeedTrainer
-from batray.ppo.weight_sync import broadcast, bucket_layout, open_broadcast_group, share_cuda
+from batray.ppo.weight_sync import broadcast, open_broadcast_group, share_cuda
 
 
 class PolicyActor(DistributedWorker):
@@ -56,7 +56,7 @@ class PolicyActor(DistributedWorker):
 
     # -- weight sync (batray.ppo.weight_sync): every rank calls these at once; rank 0 sends ----------
     def sync_layout(self) -> list:
-        return bucket_layout(list(self.trainer.module.named_parameters()), self._bucket_bytes())
+        return self.trainer.layout(self._bucket_bytes())
 
     @busy
     def weight_buckets(self) -> list:

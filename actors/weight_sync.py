@@ -23,12 +23,16 @@ class WeightSync:
         self.connected = False
 
     def reconnect(self) -> None:
-        """Form the broadcast group of policy rank 0 and every engine (collective transport only)."""
+        """Before the first push and after an engine restart: check CUDA IPC's placement, or form the
+        broadcast group of policy rank 0 and every engine (the object store needs nothing)."""
         self.connected = False
         if self.transport == "cuda_ipc":
             self._check_same_gpu()
-        if self.transport != "collective":
-            return
+        elif self.transport == "collective":
+            self._form_group()
+        self.connected = True
+
+    def _form_group(self) -> None:
         rank0 = self.policy.actors[0]
         layout = ray.get(rank0.sync_layout.remote(), timeout=self.timeout_s)
         addr, port = ray.get(rank0.master_address.remote(), timeout=self.timeout_s)
@@ -37,15 +41,14 @@ class WeightSync:
         refs += [e.open_sync_group.remote(addr, port, 1 + i, world, self.backend, layout, self.timeout_s)
                  for i, e in enumerate(self.engines.actors)]
         self._wait(refs, "forming the weight-sync group")
-        self.connected = True
 
     def push(self, version: int) -> None:
+        if not self.connected:
+            self.reconnect()
         if self.transport == "object_store":
             buckets = self.policy.call("weight_buckets", timeout_s=self.timeout_s)[0]
             refs = [e.load_buckets.remote(buckets, version) for e in self.engines.actors]
         elif self.transport == "collective":
-            if not self.connected:
-                self.reconnect()
             refs = self.policy.call_async("broadcast_weights")
             refs += [e.receive_broadcast.remote(version) for e in self.engines.actors]
         else:  # cuda_ipc

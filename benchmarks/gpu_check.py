@@ -3,7 +3,8 @@
 Run on one H200 on 2026-11-28 (results: `benchmarks/gpu_check_h200.json`, RESULTS.md): env, zero3, cuda_ipc
 and ppo_job passed; vllm_rollout and nccl_sync were skipped (no vLLM on that machine; one GPU). Every
 check is independent, reports PASS / FAIL (with the error's first line) / SKIP (with the reason), and
-the script always finishes. `--rehearse-on-cpu` runs zero3 and ppo_job on CPU, to test the script.
+the script always finishes. `--rehearse-on-cpu` runs nccl_sync (with gloo), zero3 and the PPO jobs on
+CPU, to test the script. (The H200 runs predate nccl_sync's move onto `batray.ppo.weight_sync`.)
 
     python benchmarks/gpu_check.py [--out results.json] [--skip ppo_job,...] [--rehearse-on-cpu]
 
@@ -17,9 +18,9 @@ Checks, in order (each small: a GLM-family model of ~30M parameters built from c
                 tokens' log-probabilities match a transformers forward pass of the same model on the
                 GPU (the rollout-vs-trainer mismatch PPO logs every step); `load_weights` with new
                 weights changes the engine's log-probabilities to those of the new weights.
-3. nccl_sync    bucketed NCCL broadcast of a model's weights from rank 0 to the other ranks, through
-                `batray.distributed.wait_collective` with a timeout; needs 2 GPUs (SKIP with one).
-                On one GPU the same broadcast runs in a 1-rank group, timing the bucket path only.
+3. nccl_sync    PPO's `collective` weight-sync transport (`batray.ppo.weight_sync`) over NCCL: rank 0's
+                weights broadcast bucket by bucket into the other ranks' models; needs 2 GPUs (SKIP
+                with one: a 1-rank group times the bucket path only). Rehearsed on CPU with gloo.
 4. cuda_ipc     the colocated sync path: two Ray actors on fractional shares of ONE GPU; the trainer
                 shares its CUDA weight buffers by IPC handle (torch.multiprocessing reductions), the
                 receiver copies them without a host round trip; checked bit for bit.
@@ -149,15 +150,18 @@ def check_vllm(path: str):
 
 
 @check("nccl_sync")
-def check_nccl(path: str):
+def check_nccl(path: str, backend: str = "nccl"):
+    """PPO's `collective` transport (`batray.ppo.weight_sync`): a broadcast group of its own, rank 0's
+    changed weights broadcast bucket by bucket into the other ranks' models. `backend="gloo"` rehearses
+    it on CPU."""
     import torch
     import torch.multiprocessing as mp
 
-    world = min(torch.cuda.device_count(), 2)
+    world = 2 if backend == "gloo" else min(torch.cuda.device_count(), 2)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_nccl_rank, args=(r, world, port, path, q)) for r in range(world)]
+    procs = [ctx.Process(target=_sync_rank, args=(r, world, port, path, backend, q)) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -166,7 +170,7 @@ def check_nccl(path: str):
     errors = [r for r in results if "error" in r]
     if errors:
         raise RuntimeError(errors[0]["error"])
-    out = {"ranks": world, "gb_per_s": results[0]["gb_per_s"], "buckets": results[0]["buckets"]}
+    out = {"backend": backend, "ranks": world, "gb_per_s": results[0]["gb_per_s"], "buckets": results[0]["buckets"]}
     if world < 2:
         out.update(status="SKIP", reason="one GPU: NCCL needs a device per rank; timed a 1-rank broadcast only")
     elif len({r["checksum"] for r in results}) != 1:
@@ -174,49 +178,39 @@ def check_nccl(path: str):
     return out
 
 
-def _nccl_rank(rank: int, world: int, port: int, path: str, q) -> None:
-    """Rank 0's (changed) weights broadcast into every rank's model in place, bucket by bucket."""
+def _sync_rank(rank: int, world: int, port: int, path: str, backend: str, q) -> None:
     try:
         import torch
-        import torch.distributed as dist
 
-        from batray.distributed import init_process_group, wait_collective
         from batray.models.presets import load_causal_lm
+        from batray.ppo.weight_sync import broadcast, bucket_layout, flatten, open_broadcast_group, unflatten
 
-        torch.cuda.set_device(rank)
-        init_process_group(rank, world, "127.0.0.1", port, backend="nccl", timeout_s=120)
-        model = load_causal_lm(path, device=f"cuda:{rank}")
-        if rank == 0:
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(1.0)
-        params = [p for p in model.parameters()]
-        buckets, current, size = [], [], 0
-        for p in params:  # ~16 MB flat buckets, as the trainer would send them
-            current.append(p)
-            size += p.numel() * p.element_size()
-            if size >= 16 << 20:
-                buckets.append(current)
-                current, size = [], 0
-        if current:
-            buckets.append(current)
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        total = 0
+        device = f"cuda:{rank}" if backend == "nccl" else "cpu"
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        group = open_broadcast_group("127.0.0.1", port, rank, world, backend, timeout_s=120)
+        model = load_causal_lm(path, device=device)
+        params = dict(model.named_parameters())
         with torch.no_grad():
-            for bucket in buckets:
-                flat = _flatten_dense_tensors([p.data for p in bucket])
-                wait_collective("weight broadcast", dist.broadcast, flat, src=0, timeout_s=60)
-                for p, synced in zip(bucket, _unflatten_dense_tensors(flat, [p.data for p in bucket])):
-                    p.copy_(synced)
+            if rank == 0:
+                for p in params.values():
+                    p.add_(1.0)
+            layout = bucket_layout(list(params.items()), 16 << 20)  # ~16 MB buckets, as the trainer sends them
+            if backend == "nccl":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            total = 0
+            for spec in layout:
+                flat = flatten([params[n] for n in spec.names])
+                broadcast(group, flat, timeout_s=60)
+                for name, synced in unflatten(flat, spec).items():
+                    params[name].copy_(synced)
                 total += flat.numel() * flat.element_size()
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - t
-        checksum = float(sum(p.detach().double().sum() for p in params))
-        q.put({"rank": rank, "gb_per_s": round(total / seconds / 1e9, 2), "buckets": len(buckets), "checksum": checksum})
-        dist.destroy_process_group()
+            if backend == "nccl":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t
+            checksum = float(sum(p.double().sum() for p in params.values()))
+        q.put({"rank": rank, "gb_per_s": round(total / seconds / 1e9, 2), "buckets": len(layout), "checksum": checksum})
     except Exception as e:
         q.put({"rank": rank, "error": f"{type(e).__name__}: {e}"})
 
@@ -390,19 +384,20 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the JSON summary here (default: $OUT/gpu_check.json if set)")
     ap.add_argument("--skip", default="", help="comma-separated check names to skip")
     ap.add_argument("--rehearse-on-cpu", action="store_true",
-                    help="no GPU: run the checks that can run on CPU (zero3, ppo_job) to test this script itself")
+                    help="no GPU: run the checks that can run on CPU (nccl_sync with gloo, zero3, ppo_job) to test this script")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     check_env()
     if args.rehearse_on_cpu:
-        skip |= {"vllm_rollout", "nccl_sync", "cuda_ipc"}
+        skip |= {"vllm_rollout", "cuda_ipc"}
     elif RESULTS["env"]["status"] != "PASS":
         print("no CUDA device: nothing else to check")
         return 1
     path = build_checkpoint(work)
-    for fn, args_ in ((check_vllm, (path,)), (check_nccl, (path,)), (check_zero3, (path,))):
+    sync_backend = "gloo" if args.rehearse_on_cpu else "nccl"
+    for fn, args_ in ((check_vllm, (path,)), (check_nccl, (path, sync_backend)), (check_zero3, (path,))):
         if fn.check_name not in skip:
             fn(*args_)
     if not {"cuda_ipc", "ppo_job", "ppo_job_awake", "ppo_job_object_store"} <= skip:

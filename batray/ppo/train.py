@@ -22,13 +22,7 @@ from batray.objectives.ppo import (
     token_logprobs,
     value_loss,
 )
-from batray.ppo.batch import (
-    Batch,
-    micro_batches,
-    minibatches,
-    response_slice,
-    trim_padding,
-)
+from batray.ppo.batch import Batch, micro_batches, minibatches, response_slice, trim_padding
 
 # ---- forward passes ---------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from batray.config.base import DeepSpeedConfig
 from batray.config.rl import PpoConfig
 from batray.ppo.weight_sync import BucketSpec, bucket_layout, flatten
 from batray.train.engine import deepspeed_json
@@ -53,7 +52,7 @@ class DeepSpeedTrainer:
         self.zero_stage = cfg.deepspeed.zero_stage
         self.micro_steps = micro_steps_per_update(cfg, world_size)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-        config = ppo_deepspeed_config(cfg.deepspeed, cfg, world_size, self.micro_steps)
+        config = ppo_deepspeed_config(cfg, world_size, self.micro_steps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False
         )
@@ -62,6 +61,7 @@ class DeepSpeedTrainer:
         self.can_sleep = cfg.offload_between_phases and torch.cuda.is_available()
         self._asleep: list[tuple[torch.Tensor, torch.device]] = []
         self._host: list[torch.Tensor] = []
+        self._layouts: dict[int, list[BucketSpec]] = {}
 
     def sleep(self) -> None:
         """Move the optimizer's states (Adam's moments) and ZeRO's fp32 master partitions to host memory:
@@ -89,10 +89,6 @@ class DeepSpeedTrainer:
         if self._asleep:
             torch.cuda.synchronize()
         self._asleep = []
-
-    @property
-    def asleep(self) -> bool:
-        return bool(self._asleep)
 
     def optimizer_tensors(self) -> list[torch.Tensor]:
         """The tensors `sleep` moves: the base optimizer's state and ZeRO's fp32 master partitions."""
@@ -148,12 +144,19 @@ class DeepSpeedTrainer:
         else:
             yield
 
+    def layout(self, bucket_bytes: int) -> list[BucketSpec]:
+        """The weight-sync buckets (`batray.ppo.weight_sync.bucket_layout`); the parameters never change, so
+        it is computed once per bucket size."""
+        if bucket_bytes not in self._layouts:
+            self._layouts[bucket_bytes] = bucket_layout(list(self.module.named_parameters()), bucket_bytes)
+        return self._layouts[bucket_bytes]
+
     def buckets(self, bucket_bytes: int, rank: int) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
         """The weights as flat buckets (`batray.ppo.weight_sync`), in order: (spec, flat copy) on rank 0,
         (spec, None) elsewhere. Under ZeRO-3 each bucket is gathered on every rank in turn, so no rank holds
         more than one bucket beyond its own shard; every rank must iterate to the end."""
         params = dict(self.module.named_parameters())
-        for spec in bucket_layout(list(params.items()), bucket_bytes):
+        for spec in self.layout(bucket_bytes):
             group = [params[n] for n in spec.names]
             with self.gathered(group):
                 flat = flatten([p.detach() for p in group]) if rank == 0 else None  # a copy: outlives the gather
@@ -191,13 +194,11 @@ class DeepSpeedTrainer:
             torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
 
 
-def ppo_deepspeed_config(ds: DeepSpeedConfig, cfg: PpoConfig, world_size: int, micro_steps: int) -> dict:
-    config = deepspeed_json(ds, micro_batch_size=cfg.micro_batch_size, grad_accum_steps=micro_steps,
+def ppo_deepspeed_config(cfg: PpoConfig, world_size: int, micro_steps: int) -> dict:
+    config = deepspeed_json(cfg.deepspeed, micro_batch_size=cfg.micro_batch_size, grad_accum_steps=micro_steps,
                             grad_clip=cfg.grad_clip)
     config["train_batch_size"] = cfg.micro_batch_size * micro_steps * world_size
     return config
-
-
 
 
 class LocalTrainer:
