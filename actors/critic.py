@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.group import DistributedWorker, busy
+from batray.groups import DistributedWorker, busy
 from batray.config.rl import PpoConfig
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train

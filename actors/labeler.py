@@ -17,12 +17,12 @@ class LabelerActor:
     def ready(self) -> bool:
         return True
 
-    async def label(self, pairs: list[dict], settings: dict, api_key, *, both_orders: bool = True,
+    async def label(self, pairs: list[dict], settings, api_key, *, both_orders: bool = True,
                     on_disagreement: str = "tie", max_requests: int | None = None) -> dict:
-        """Label `pairs`; returns {"rows", "failures", "stats"} (see `batray.feedback.labeling`)."""
-        from batray.feedback.client import EndpointSettings
+        """Label `pairs` against one endpoint (`EndpointSettings`, its key a `Secret`); returns
+        {"rows", "failures", "stats"} (see `batray.feedback.labeling`)."""
         from batray.feedback.labeling import label_pairs
 
-        res = await label_pairs(pairs, EndpointSettings(**settings), api_key, self.templates, both_orders=both_orders,
+        res = await label_pairs(pairs, settings, api_key, self.templates, both_orders=both_orders,
                                 on_disagreement=on_disagreement, max_requests=max_requests)
         return {"rows": res.rows, "failures": res.failures, "stats": res.stats}

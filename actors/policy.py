@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.group import DistributedWorker, busy
+from batray.groups import DistributedWorker, busy
 from batray.checkpoint import save_hf_checkpoint
 from batray.config.rl import PpoConfig
 from batray.models.presets import load_causal_lm
@@ -89,12 +89,6 @@ class PolicyActor(DistributedWorker):
                         if flat is not None]
         self.trainer.sleep()  # the shared flat copies stay on the GPU until the next sync
         return [(spec, share_cuda(flat)) for spec, flat in self._shared]
-
-    def device_memory(self) -> dict[str, float]:
-        """GiB of device memory this process holds now (allocated by tensors, reserved by the allocator)."""
-        if not torch.cuda.is_available():
-            return {"allocated": 0.0, "reserved": 0.0}
-        return {"allocated": torch.cuda.memory_allocated() / 2**30, "reserved": torch.cuda.memory_reserved() / 2**30}
 
     def _bucket_bytes(self) -> int:
         return int(self.cfg.sync_bucket_mb * (1 << 20))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.group import BusyClock, busy
+from batray.groups import BusyClock, busy
 from batray.models.presets import load_causal_lm
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device

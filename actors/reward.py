@@ -6,7 +6,7 @@ scoring is simply asked again.
 
 from __future__ import annotations
 
-from actors.group import BusyClock, busy
+from batray.groups import BusyClock, busy
 from batray.models.tokenizer import load_tokenizer, stop_token_ids
 from batray.ppo import reward, train
 

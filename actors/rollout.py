@@ -10,16 +10,16 @@ Stable interface (used by `batray pairs` and by PPO):
 - `generate(prompts: list[list[int]], params: SamplingParams) -> list[Completion]`: prompt token ids
   in, one completion per prompt out, same order (token ids, per-token logprobs, text, finish reason).
 - `load_weights(named_tensors: dict[str, Tensor]) -> None`: in-place weight sync from a trainer.
-- PPO's weight sync (`batray.ppo.weight_sync`, driven by `actors.weight_sync.WeightSync`): `load_buckets`
+- PPO's weight sync (`batray.ppo.weight_sync`, driven by its `WeightSync`): `load_buckets`
   (object store), `open_sync_group` + `receive_broadcast` (collective), `load_shared` (CUDA IPC); each
   records the policy version it loaded, and `generate_versioned` returns it with the completions.
 
-Make a pool with `actors.group.ActorGroup(RolloutActor, n, init_kwargs={"model_path": ...})`.
+Make a pool with `batray.groups.ActorGroup(RolloutActor, n, init_kwargs={"model_path": ...})`.
 """
 
 from __future__ import annotations
 
-from actors.group import BusyClock, busy
+from batray.groups import BusyClock, busy
 from batray.ppo.weight_sync import broadcast, open_broadcast_group, open_cuda, unflatten
 from batray.rollout.engine import Completion, SamplingParams, make_engine
 

@@ -1,4 +1,4 @@
-"""Checkpoint folders (DESIGN.md §2): a Hugging Face `save_pretrained` folder plus `batray.json`.
+"""Checkpoint folders (docs/DESIGN.md §2): a Hugging Face `save_pretrained` folder plus `batray.json`.
 
 `batray.json` records the stage, step, tokens seen, parent checkpoint and config hash. A stage whose
 final folder has `batray.json` with `"complete": true` is finished and is skipped on a rerun.

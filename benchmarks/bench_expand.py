@@ -110,7 +110,9 @@ def expand_ray(src: Path, dst: Path) -> dict:
     import ray
 
     from batray.expansion import Request, expand
-    from jobs.expand import ray_shard_runner
+    from actors.shard_writer import ShardWriter
+    from batray.config import load_config
+    from batray.expansion.run import shard_runner
 
     for attempt in range(3):  # a local Ray can time out starting on a box crowded by other work
         try:
@@ -123,7 +125,7 @@ def expand_ray(src: Path, dst: Path) -> dict:
     try:
         t0 = time.perf_counter()
         report = expand(src, dst, Request(**REQUEST), probe=False, max_shard_bytes=512 << 20,
-                        run_shards=ray_shard_runner())
+                        run_shards=shard_runner(load_config(None, []), ShardWriter))
         return {"seconds": time.perf_counter() - t0, "bytes": report["bytes_written"], "shards": report["shards"]}
     finally:
         ray.shutdown()

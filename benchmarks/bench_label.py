@@ -7,7 +7,7 @@ requests per second. Side by side in one run, for each concurrency:
 - ideal:    concurrency / latency (the endpoint's ceiling);
 - raw:      a bare AsyncOpenAI loop with a semaphore, same requests (the client's own ceiling);
 - label:    `batray.feedback.labeling.label_pairs` (4 judge questions per pair, parsing, combining);
-- actors:   with --ray, `jobs.label.run_label` through labeler actors (2 labelers sharing the limit).
+- actors:   with --ray, `batray.feedback.ai_labels.run_label` through labeler actors (2 labelers sharing the limit).
 
 Printed as requests/s and as fractions label/ideal and label/raw.
 
@@ -97,14 +97,16 @@ async def labeled(url: str, rows: list[dict], concurrency: int) -> float:
 def with_actors(url: str, rows: list[dict], concurrency: int) -> float:
     from batray.config import EndpointConfig, load_config
     from batray.data.io import write_jsonl
-    from jobs.label import run_label
+    from actors.labeler import LabelerActor
+    from batray.feedback.ai_labels import judge_from_config, run_label
 
     with tempfile.TemporaryDirectory() as tmp:
         write_jsonl(rows, f"{tmp}/pairs.jsonl")
         cfg = load_config(None, [f"run_dir={tmp}/run", "label.num_labelers=2", "ray.num_cpus=2"])
         ep = EndpointConfig(url=url, model="judge", api_key_env=None, concurrency=concurrency)
         t = time.perf_counter()
-        run_label(cfg, f"{tmp}/label", pairs=f"{tmp}/pairs.jsonl", endpoints=[ep])
+        run_label(cfg, f"{tmp}/label", pairs=f"{tmp}/pairs.jsonl", judges=[judge_from_config(ep, cfg.label.num_labelers)],
+                  labeler_cls=LabelerActor)
         dt = time.perf_counter() - t  # includes starting the actors
     return 4 * len(rows) / dt
 

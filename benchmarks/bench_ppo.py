@@ -4,7 +4,7 @@ Two runs of the same PPO steps side by side in one process tree, same model, dat
 
 - baseline: every role's model in THIS process, the library functions called directly (no Ray,
   no actors, no object store, no weight sync through Ray: the engine's weights are copied in place);
-- batray:   `jobs.ppo.run_ppo` on local Ray, every role an actor (colocated, fractional CPUs).
+- batray:   `batray.ppo.driver.run_ppo` on local Ray, every role an actor (colocated, fractional CPUs).
 
 The orchestration share is measured inside the batray run (`ppo.profile_phases`): every role actor
 counts the time spent in its own compute methods; per phase, compute is the slowest participating
@@ -84,7 +84,7 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
     from batray.ppo.trainer import LocalTrainer
     from batray.reward.model import build_reward_model
     from batray.rollout.engine import HFRolloutEngine, SamplingParams
-    from jobs.ppo import _seed
+    from batray.ppo.driver import rollout_seed
 
     ppo = cfg.ppo
     tok = load_tokenizer(policy_path)
@@ -104,7 +104,7 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
         t, row = time.perf_counter(), {}
         batch_prompts = stream.next_batch(ppo.rollout_batch_size)
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                                seed=_seed(ppo.seed, step, 0))
+                                seed=rollout_seed(ppo.seed, step, 0))
         outs = engine.generate([p for _, p in batch_prompts], params)
         samples = [Sample(c.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, i) for (i, _), c in zip(batch_prompts, outs)]
         row["generate"] = time.perf_counter() - t
@@ -121,7 +121,7 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
         row["experience"] = time.perf_counter() - t
         t = time.perf_counter()
         blocks = [ptx.next_blocks(ppo.ptx_batch_size) for _ in range(train.num_update_steps(ppo))]
-        seed = _seed(ppo.seed, step, 0xC0FFEE)
+        seed = rollout_seed(ppo.seed, step, 0xC0FFEE)
         train.policy_update(policy_trainer, exp, blocks, ppo, seed)
         train.critic_update(critic_trainer, exp, ppo, seed)
         row["train"] = time.perf_counter() - t
@@ -137,11 +137,13 @@ def with_ray(cfg, policy_path: str, prompts: str, corpus: str, work: Path, cpus:
 
     from batray.metrics import read_metrics
     from conftest import WORKER_ENV
-    from jobs.ppo import run_ppo
+    from actors import kit
+    from batray.ppo.driver import run_ppo
 
     ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=WORKER_ENV, log_to_driver=False)
     try:
-        run_ppo(cfg, str(work / "ray"), policy_init=policy_path, reward_model=None, prompts=prompts, ptx_data=corpus)
+        run_ppo(cfg, str(work / "ray"), policy_init=policy_path, reward_model=None, prompts=prompts, ptx_data=corpus,
+                kit=kit())
     finally:
         ray.shutdown()
     return [{**{p: r[f"time_{p}"] for p in PHASES}, **{f"compute_{p}": r[f"compute_{p}"] for p in PHASES}}

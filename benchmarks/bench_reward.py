@@ -54,7 +54,7 @@ def run_batray(data: str, init: str, work: Path, args) -> dict:
 
     from batray.config import load_config
     from batray.metrics import read_metrics
-    from jobs.reward import run_reward
+    from batray.reward.stage import run_reward
 
     cfg = load_config(None, [
         f"run_dir={work / 'batray'}", f"seed={args.seed}", "ray.num_cpus=2",

@@ -76,9 +76,9 @@ def bare_loop(cfg, tokenizer, corpus: str, steps: int, log_every: int) -> float:
 
 def ray_job(cfg, corpus: str, out: str, steps: int) -> float:
     from batray.metrics import read_metrics
-    from jobs.pretrain import run_pretrain
+    from batray.train.pretrain import run_pretrain
 
-    run_pretrain(cfg, out, model_overrides=MODEL, max_steps=steps, corpus=corpus)
+    run_pretrain(cfg, out, corpus=corpus, model_overrides=MODEL, max_steps=steps)
     rates = [r["tokens_per_s"] for r in read_metrics(out) if "tokens_per_s" in r]
     return statistics.median(rates[1:] or rates)
 

@@ -27,7 +27,7 @@ Checks, in order (each small: a GLM-family model of ~30M parameters built from c
 5. zero3        `batray.ppo.trainer.DeepSpeedTrainer` (the policy/critic actors' trainer) under ZeRO-3
                 in bf16, 1 rank: one minibatch of micro batches steps the weights, and the weight-sync
                 buckets (gathered bucket by bucket) equal the consolidated state dict.
-6. ppo_job      `jobs.ppo.run_ppo` end to end on the GPU: every role colocated on fractional GPU
+6. ppo_job      `batray.ppo.driver.run_ppo` end to end on the GPU: every role colocated on fractional GPU
                 shares, policy and critic under ZeRO-3 in bf16, rollout backend vLLM when importable
                 (else HF), 4 steps with a rule reward and checkpoints; time per phase and the
                 orchestration share (`ppo.profile_phases`) from metrics.jsonl.
@@ -324,7 +324,9 @@ def check_ppo_job(path: str, work: Path, extra: tuple[str, ...] = ()):
     from batray.config import load_config
     from batray.metrics import read_metrics
     from conftest import SAMPLE_TEXTS
-    from jobs.ppo import run_ppo
+    from actors import kit
+    from batray import hooks
+    from batray.ppo.driver import run_ppo
 
     texts = sorted(set(SAMPLE_TEXTS))
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
@@ -341,19 +343,19 @@ def check_ppo_job(path: str, work: Path, extra: tuple[str, ...] = ()):
     memory = {}
 
     def awake_vs_asleep(_self):  # runs inside policy rank 0 after a step, when it is asleep
-        asleep = _self.device_memory()
+        asleep = torch.cuda.memory_allocated() / 2**30
         _self.trainer.wake()
-        awake = _self.device_memory()
+        awake = torch.cuda.memory_allocated() / 2**30
         _self.trainer.sleep()
-        return {"awake_gib": round(awake["allocated"], 3), "asleep_gib": round(asleep["allocated"], 3)}
+        return {"awake_gib": round(awake, 3), "asleep_gib": round(asleep, 3)}
 
-    def on_step(step, roles):
+    def on_step(*, step, roles):
         if step == 1:  # no checkpoint at step 1 (a checkpoint wakes the trainer)
             memory.update(ray.get(roles["policy"].actors[0].__ray_call__.remote(awake_vs_asleep)))
 
     out = work / "-".join(("ppo",) + tuple(x.replace("=", "_") for x in extra))
-    run_ppo(cfg, str(out), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"),
-            on_step=on_step)
+    with hooks.on(hooks.PPO_STEP_DONE, on_step):
+        run_ppo(cfg, str(out), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"), kit=kit())
     rows = read_metrics(out)
     timed = rows[1:] or rows  # step 1 carries warm-up (first CUDA kernels, allocator growth)
     phases = ("generate", "score", "experience", "train", "sync")

@@ -16,6 +16,7 @@ import sys
 
 from batray.config import RecipeConfig, join_uri
 from batray.errors import BatrayError
+from batray.stages.registry import stage_outputs
 from jobs.common import resolve, setup_logging, stage_parser
 
 log = logging.getLogger("batray.annotate")
@@ -58,7 +59,7 @@ def serve(args: argparse.Namespace, cfg: RecipeConfig) -> int:
     from batray.data.io import write_rejected
 
     acfg = cfg.annotate
-    tasks = args.tasks or acfg.tasks or join_uri(cfg.stage_dir("pairs"), "pairs.parquet")
+    tasks = args.tasks or acfg.tasks or stage_outputs(cfg, "pairs")["pairs"]
     db = Database(_db_url(args, cfg))
     added, report = import_tasks(db, tasks, seed=acfg.seed, overlap=acfg.overlap)
     log.info("%s; %d new tasks", report.summary(tasks), added)

@@ -1,106 +1,16 @@
 """`batray chat CHECKPOINT`: talk to a trained model in the terminal (multi-turn, streaming).
 
-The conversation is rendered with the checkpoint's chat template (BatGPT's format, DESIGN.md §4);
-tokens are printed as they are generated (transformers' `TextIteratorStreamer`). Commands:
-`/reset` starts a new conversation, `/quit` (or Ctrl-D) leaves.
-
-`--rerank N` (issue 11) samples N answers left to right and prints the best by both directions:
-(1 - W) forward + W backward log-likelihood per token, W = `--rerank-weight` (printed whole, not streamed).
+`/reset` starts a new conversation, `/quit` (or Ctrl-D) leaves. `--rerank N` samples N answers left to
+right and prints the best by both directions (`batray.chat.ChatSession`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
-from typing import TextIO
 
+from batray.chat import ChatSession
 from batray.errors import BatrayError
-
-
-class ChatSession:
-    """A multi-turn conversation with one model; `reply` streams the answer to `out` and returns it."""
-
-    def __init__(self, checkpoint: str, *, system: str | None = None, max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_p: float = 0.9, seed: int | None = 0,
-                 rerank_n: int = 1, rerank_weight: float = 0.5):
-        import torch
-
-        from batray.models.presets import load_causal_lm
-        from batray.models.tokenizer import load_tokenizer, stop_token_ids
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_causal_lm(checkpoint, device=self.device).eval()
-        self.tokenizer = load_tokenizer(checkpoint)
-        self.stop_ids = stop_token_ids(self.tokenizer)
-        self.system = system
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_context = getattr(self.model.config, "max_position_embeddings", 2048)
-        self.rerank_n, self.rerank_weight, self.seed = rerank_n, rerank_weight, seed
-        self.reranker = None  # built on first use (batray.bidirectional.Reranker)
-        self.last_rerank = None  # the last reply's candidates, when reranked
-        self.turn = 0
-        if seed is not None:
-            torch.manual_seed(seed)
-        self.reset()
-
-    def reset(self) -> None:
-        self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
-
-    def _prompt_ids(self) -> list[int]:
-        """The rendered conversation, dropping the oldest turns while it leaves no room to answer."""
-        while True:
-            text = self.tokenizer.apply_chat_template(self.messages, tokenize=False)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            body_start = 1 if self.messages and self.messages[0]["role"] == "system" else 0
-            if len(ids) + self.max_new_tokens <= self.max_context or len(self.messages) - body_start <= 1:
-                return ids[-(self.max_context - self.max_new_tokens):]
-            del self.messages[body_start:body_start + 2]
-
-    def reply(self, user_text: str, out: TextIO = sys.stdout) -> str:
-        import torch
-        from transformers import TextIteratorStreamer
-
-        self.messages.append({"role": "user", "content": user_text})
-        if self.rerank_n > 1:
-            return self._reranked_reply(out)
-        input_ids = torch.tensor([self._prompt_ids()], device=self.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p) if self.temperature > 0 \
-            else dict(do_sample=False)
-        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                      max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids,
-                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        worker = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
-        worker.start()
-        pieces = []
-        for piece in streamer:
-            pieces.append(piece)
-            out.write(piece)
-            out.flush()
-        worker.join()
-        out.write("\n")
-        answer = "".join(pieces).strip()
-        self.messages.append({"role": "assistant", "content": answer})
-        return answer
-
-    def _reranked_reply(self, out: TextIO) -> str:
-        from batray.bidirectional.rerank import Reranker
-        from batray.rollout.engine import SamplingParams
-
-        if self.reranker is None:
-            self.reranker = Reranker(self.model, self.tokenizer, device=self.device)
-        self.turn += 1
-        seed = None if self.seed is None else self.seed + self.turn  # fresh samples every turn, reproducibly
-        params = SamplingParams(self.temperature, self.top_p, self.max_new_tokens, seed)
-        self.last_rerank = self.reranker.rerank([self._prompt_ids()], self.rerank_n, self.rerank_weight, params)[0]
-        answer = self.last_rerank.best.text.strip()
-        out.write(answer + "\n")
-        out.flush()
-        self.messages.append({"role": "assistant", "content": answer})
-        return answer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,10 @@
-"""What every stage entrypoint shares: the common flags, config loading, Ray connection, logging."""
+"""What every stage entrypoint shares: the common flags, config loading, logging, and running one stage
+through the registry (`batray.stages`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from batray.config import RecipeConfig, load_config
@@ -23,6 +23,8 @@ def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
     p = StageArgumentParser(prog=f"batray {stage}", description=description)
     p.add_argument("--config", "-c", default=None, help="recipe YAML (default: the built-in defaults)")
     p.add_argument("--run-dir", default=None, help="overrides the config's run_dir")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (inputs and where each came from, outputs, status) and stop")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return p
 
@@ -39,54 +41,17 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def init_ray(cfg: RecipeConfig | None = None, **kwargs):
-    """Connect to Ray the usual ways: `ray.address` from config, else RAY_ADDRESS, else a local cluster.
+def run_stage_command(stage: str, args: argparse.Namespace, *, out_dir: str | None = None,
+                      cfg: RecipeConfig | None = None):
+    """`batray STAGE`: the config (`cfg`, else read from `args`), then the stage through the registry, as
+    `batray run` runs it. With `--dry-run`, the plan is printed instead; returns None then, else the
+    `StageResult`."""
+    from actors import kit
+    from batray.stages import format_plan, resolve as resolve_stage, run_stage
 
-    A local cluster gets explicit CPU/GPU counts from `ray.num_cpus` / `ray.num_gpus` when set. The
-    working directory's packages travel to workers through the job's runtime env (ray job submit) or,
-    locally, because workers inherit this interpreter's sys.path.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    ray_cfg = cfg.ray if cfg is not None else None
-    address = (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
-    init_kwargs = dict(namespace=ray_cfg.namespace if ray_cfg else "batray", log_to_driver=True)
-    if address:
-        init_kwargs["address"] = address
-    else:
-        init_kwargs["include_dashboard"] = False
-        if ray_cfg and ray_cfg.num_cpus is not None:
-            init_kwargs["num_cpus"] = ray_cfg.num_cpus
-        if ray_cfg and ray_cfg.num_gpus is not None:
-            init_kwargs["num_gpus"] = ray_cfg.num_gpus
-        # Workers must import batray/actors/jobs from a checkout even when not pip-installed.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}}
-    init_kwargs.update(kwargs)
-    start_ray(**init_kwargs)
-    return ray
-
-
-def start_ray(attempts: int = 3, **init_kwargs) -> None:
-    """`ray.init`, retried when a local node times out at startup.
-
-    On a small, busy machine (2 cores running other Ray clusters) the raylet can miss its fixed
-    startup deadline; a second try usually succeeds, and the error stays visible if none does.
-    """
-    import ray
-
-    # No address means a new local cluster: "local", because None attaches to the latest cluster
-    # recorded in /tmp/ray (another process's, on a shared machine) once one exists.
-    init_kwargs.setdefault("address", "local")
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(**init_kwargs)
-            return
-        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
-            if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":
-                raise
-            logging.getLogger("batray").warning("local Ray timed out at startup (busy machine); retry %d", attempt)
-            ray.shutdown()
+    setup_logging()
+    cfg = cfg or resolve(args)
+    if getattr(args, "dry_run", False):
+        print(format_plan(cfg, [resolve_stage(cfg, stage, out_dir=out_dir)]))
+        return None
+    return run_stage(cfg, stage, kit(), out_dir=out_dir)

@@ -5,7 +5,7 @@
         Overrides are recipe keys (`data.demo.num_countries=8`) or, for short, the demo's own
         keys (`num_countries=8`).
     batray data validate FILE_OR_DIR --contract corpus|sft|prompts|pairs|preferences [--rejected OUT]
-        check rows against a DESIGN.md §3 contract, print the reject report and write rejected rows
+        check rows against a docs/DESIGN.md §3 contract, print the reject report and write rejected rows
         (with reasons) to OUT (default: FILE.rejected.jsonl). Exits 1 when any row is rejected.
 """
 
@@ -28,7 +28,7 @@ def _demo_parser() -> argparse.ArgumentParser:
 
 
 def _validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="batray data validate", description="check data against a DESIGN.md §3 contract")
+    p = argparse.ArgumentParser(prog="batray data validate", description="check data against a docs/DESIGN.md §3 contract")
     p.add_argument("path", help="a JSONL/Parquet file or a folder of them (local path or URI)")
     p.add_argument("--contract", required=True, choices=sorted(VALIDATORS))
     p.add_argument("--rejected", default=None, help="where rejected rows go (default: PATH.rejected.jsonl)")

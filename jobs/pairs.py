@@ -1,174 +1,24 @@
-"""`batray pairs`: two responses A and B per prompt from rollout engine actors (§3.3).
+"""`batray pairs`: two responses A and B per prompt from rollout engines (§3.3).
 
-Response A comes from `model_a` (default: the run's SFT model). Response B comes from `model_a`
-sampled again (`model_b: null`, the paper's "both from BatGPT"), from a second checkpoint, or from an
-OpenAI-compatible endpoint (`model_b: http://host:port/v1`, the paper's "another LLM"). Prompts are
-rendered with the checkpoint's chat template as one user turn. Output: `pairs.parquet`
-(DESIGN.md §3); an existing one means the stage is done.
+    batray pairs --config FILE [--model-a CKPT] [--out DIR] [--dry-run] [pairs.model_b=URL ...]
+
+A from `pairs.model_a` (else the latest model stage before pairs: the SFT model); B from `pairs.model_b`
+(null: A's model sampled again; a checkpoint; an endpoint URL; `world`). The work: `batray.feedback.pairs`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import logging
-
-from batray.config import RecipeConfig, join_uri
-from batray.data.io import exists, read_rows, write_parquet, write_rejected
-from batray.data.schemas import PAIRS
-from batray.errors import BatrayError
-from jobs.common import init_ray, resolve, setup_logging, stage_parser
-
-log = logging.getLogger("batray.pairs")
-
-
-def load_prompts(cfg: RecipeConfig, out_dir: str) -> list[dict]:
-    src = cfg.pairs.prompts or cfg.data.prompts or join_uri(cfg.run_dir, "data", "prompts.jsonl")
-    if not exists(src):
-        raise BatrayError(f"pairs: no prompts at {src}; set pairs.prompts or run `batray data demo`")
-    rows, report = read_rows(src, "prompts")
-    log.info(report.summary(f"prompts {src}"))
-    write_rejected(report, join_uri(out_dir, "rejected_prompts.jsonl"))
-    rows = [r for r in rows if r["prompt"].strip()]
-    if cfg.pairs.max_prompts:
-        rows = rows[: cfg.pairs.max_prompts]
-    if not rows:
-        raise BatrayError(f"pairs: {src} has no usable prompts")
-    return rows
-
-
-def pair_ids(prompts: list[dict]) -> list[str]:
-    """The prompt's own `id` when it has one, else index + prompt hash; made unique."""
-    out, seen = [], set()
-    for i, r in enumerate(prompts):
-        base = str(r.get("id") or f"{i:06d}-{hashlib.sha1(r['prompt'].encode()).hexdigest()[:8]}")
-        pid, k = base, 1
-        while pid in seen:
-            pid, k = f"{base}-{k}", k + 1
-        seen.add(pid)
-        out.append(pid)
-    return out
-
-
-def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False) for p in prompts]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def generate_with_engines(model: str, prompts: list[str], cfg: RecipeConfig, seeds: list[int]) -> list[list[str]]:
-    """Responses from a pool of rollout actors on `model`, prompts split evenly across them: one list
-    of responses per seed (the same pool samples A and B when the policy is sampled twice)."""
-    from actors.group import ActorGroup
-    from actors.rollout import RolloutActor
-    from batray.models.tokenizer import load_tokenizer
-    from batray.rollout.engine import SamplingParams
-
-    pc = cfg.pairs
-    ids = chat_prompt_ids(load_tokenizer(model), prompts)
-    n = min(pc.num_engines, len(ids))
-    group = ActorGroup(RolloutActor, n, num_cpus=pc.engine_cpus, init_kwargs={"model_path": model})
-    size = -(-len(ids) // n)
-    shards = [ids[i * size: (i + 1) * size] for i in range(n)]
-    out = []
-    try:
-        for seed in seeds:
-            args = [(shard, SamplingParams(pc.sampling.temperature, pc.sampling.top_p, pc.sampling.max_new_tokens,
-                                           seed + 7919 * k)) for k, shard in enumerate(shards)]
-            out.append([c.text for shard in group.call_each("generate", args) for c in shard])
-    finally:
-        group.kill()
-    return out
-
-
-def generate_with_endpoint(url: str, model: str | None, prompts: list[str], cfg: RecipeConfig) -> tuple[str, list[str]]:
-    """Responses from an OpenAI-compatible endpoint (the SDK retries 429/5xx); returns (model id, texts)."""
-    import openai
-
-    s = cfg.pairs.sampling
-
-    async def run() -> tuple[str, list[str]]:
-        client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=5, timeout=120)
-        try:
-            name = model or (await client.models.list()).data[0].id
-            sem = asyncio.Semaphore(8)
-
-            async def one(p: str) -> str:
-                async with sem:
-                    r = await client.chat.completions.create(
-                        model=name, messages=[{"role": "user", "content": p}], temperature=s.temperature,
-                        top_p=s.top_p, max_tokens=s.max_new_tokens, seed=cfg.pairs.seed)
-                return r.choices[0].message.content or ""
-
-            return name, list(await asyncio.gather(*(one(p) for p in prompts)))
-        finally:
-            await client.close()
-
-    try:
-        return asyncio.run(run())
-    except openai.OpenAIError as e:
-        raise BatrayError(f"pairs: endpoint {url} failed: {type(e).__name__}: {str(e)[:200]}") from None
-
-
-def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str | None = None) -> str:
-    """Write `<out_dir>/pairs.parquet`; returns its path (kept as is when it already exists)."""
-    from batray.models.presets import is_checkpoint_dir
-
-    out = join_uri(out_dir, "pairs.parquet")
-    if exists(out):
-        log.info("pairs: %s exists, skipping", out)
-        return out
-    pc = cfg.pairs
-    model_a = model_a or pc.model_a or join_uri(cfg.run_dir, "sft", "final")
-    if not is_checkpoint_dir(model_a):
-        raise BatrayError(f"pairs: model_a {model_a!r} is not a checkpoint folder; run `batray sft` or set pairs.model_a")
-    model_b = pc.model_b
-    is_url = model_b is not None and model_b.startswith(("http://", "https://"))
-    if model_b is not None and not is_url and not is_checkpoint_dir(model_b):
-        raise BatrayError(f"pairs: model_b {model_b!r} is neither a checkpoint folder nor an http(s) endpoint URL")
-    prompts = load_prompts(cfg, out_dir)
-    texts = [r["prompt"] for r in prompts]
-    init_ray(cfg)
-    log.info("pairs: %d prompts; A from %s, B from %s", len(texts), model_a, model_b or "the same model resampled")
-    seed_b = pc.seed + 1_000_003
-    if model_b is None:  # the policy sampled twice, by one pool
-        responses_a, responses_b = generate_with_engines(model_a, texts, cfg, [pc.seed, seed_b])
-        model_b = model_a
-    else:
-        (responses_a,) = generate_with_engines(model_a, texts, cfg, [pc.seed])
-        if is_url:
-            name, responses_b = generate_with_endpoint(model_b, pc.model_b_name, texts, cfg)
-            model_b = f"{name}@{model_b}"
-        else:
-            (responses_b,) = generate_with_engines(model_b, texts, cfg, [seed_b])
-    rows = [{"pair_id": pid, "prompt": p, "response_a": a, "response_b": b, "model_a": model_a, "model_b": model_b}
-            for pid, p, a, b in zip(pair_ids(prompts), texts, responses_a, responses_b)]
-    if pc.shuffle_sides:
-        rows = [swap_sides(r) if side_swapped(r["pair_id"], pc.seed) else r for r in rows]
-    write_parquet(rows, out, PAIRS)
-    same = sum(r["response_a"] == r["response_b"] for r in rows)
-    print(f"pairs: {len(rows)} pairs written to {out} ({same} with identical responses)")
-    return out
-
-
-def side_swapped(pair_id: str, seed: int) -> bool:
-    """A deterministic coin per pair: which model's response is A. With two different models, a fixed
-    side would let a reward model learn the position (or the style of one side) instead of quality."""
-    return hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()[0] & 1 == 1
-
-
-def swap_sides(row: dict) -> dict:
-    return {**row, "response_a": row["response_b"], "response_b": row["response_a"],
-            "model_a": row["model_b"], "model_b": row["model_a"]}
+from jobs.common import run_stage_command, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("pairs", "two responses A and B per prompt from rollout engines (§3.3)")
-    p.add_argument("--model-a", default=None, help="checkpoint of response A (default: pairs.model_a or <run_dir>/sft/final)")
+    p.add_argument("--model-a", default=None, help="checkpoint of response A (sets pairs.model_a)")
     p.add_argument("--out", default=None, help="output folder (default: <run_dir>/pairs)")
     args = p.parse_args(argv)
-    cfg = resolve(args)
-    setup_logging()
-    run_pairs(cfg, args.out or cfg.stage_dir("pairs"), model_a=args.model_a)
+    if args.model_a:
+        args.overrides.append(f"pairs.model_a={args.model_a}")
+    run_stage_command("pairs", args, out_dir=args.out)
     return 0
 
 

@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def start_local_ray():
-    from jobs.common import start_ray
+    from batray.ray_session import start_ray
 
     start_ray(
         num_cpus=4,

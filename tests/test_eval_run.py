@@ -20,6 +20,7 @@ from batray.data.demo import generate_demo
 from batray.eval.tasks import PromptFitter, build_requests, load_benchmark
 from batray.models.tokenizer import L2R_TOKEN, train_bpe
 
+from actors.eval_scorer import EvalScorer as SCORER
 from conftest import SHARED_DATASETS
 
 CMMLU_SUBJECTS = ["economics", "ethnology"]
@@ -107,10 +108,11 @@ def test_cli_knowing_model_scores_far_above_chance(ray_session, knowing_checkpoi
 
 def test_cot_generates_and_reports_unparsable(ray_session, knowing_checkpoint, demo_benchmarks, tmp_path):
     from batray.config import EvalConfig
-    from jobs.eval import evaluate
+    from batray.eval.run import evaluate
 
     ecfg = EvalConfig(subjects=CEVAL_SUBJECTS, limit=3, max_new_tokens=6, batch_size=3)
-    results = evaluate(knowing_checkpoint, "ceval", demo_benchmarks, tmp_path / "cot", shots=1, mode="cot", ecfg=ecfg)
+    results = evaluate(knowing_checkpoint, "ceval", demo_benchmarks, tmp_path / "cot", shots=1, mode="cot", ecfg=ecfg,
+                       scorer_cls=SCORER)
     _, rows = _read(tmp_path / "cot")
     assert len(rows) == 3 and all("text" in r for r in rows)
     assert results["unparsable"] == sum(r["pred"] is None for r in rows)
@@ -121,12 +123,14 @@ def test_cot_generates_and_reports_unparsable(ray_session, knowing_checkpoint, d
 def test_endpoint_scoring_agrees_with_local(ray_session, knowing_checkpoint, demo_benchmarks, tmp_path):
     serve = pytest.importorskip("batray.serve")
     from batray.config import EvalConfig
-    from jobs.eval import evaluate
+    from batray.eval.run import evaluate
 
     ecfg = EvalConfig(subjects=CEVAL_SUBJECTS, batch_size=4)
-    local = evaluate(knowing_checkpoint, "ceval", demo_benchmarks, tmp_path / "local", shots=0, mode="da", ecfg=ecfg)
+    local = evaluate(knowing_checkpoint, "ceval", demo_benchmarks, tmp_path / "local", shots=0, mode="da", ecfg=ecfg,
+                       scorer_cls=SCORER)
     with serve.start_server(knowing_checkpoint) as server:
         remote = evaluate(server.url, "ceval", demo_benchmarks, tmp_path / "remote", shots=0, mode="da", ecfg=ecfg,
+                          scorer_cls=SCORER,
                           label="served")
     _, local_rows = _read(tmp_path / "local")
     _, remote_rows = _read(tmp_path / "remote")
@@ -138,16 +142,18 @@ def test_endpoint_scoring_agrees_with_local(ray_session, knowing_checkpoint, dem
 
 def test_pipeline_runs_the_configured_grid_writes_tables_and_skips_finished(ray_session, knowing_checkpoint,
                                                                           demo_benchmarks, tmp_path, capsys):
-    from jobs.eval import run_eval
+    from batray.eval.run import run_eval
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "eval.shots=[0]", "eval.modes=[da]", "eval.limit=4",
                              f"eval.subjects=[{','.join(CMMLU_SUBJECTS + CEVAL_SUBJECTS)}]"])
-    out = run_eval(cfg, tmp_path, models={"knowing": knowing_checkpoint}, data_dir=demo_benchmarks)
+    out = run_eval(cfg, tmp_path / "eval", models={"knowing": knowing_checkpoint}, data_dir=demo_benchmarks,
+                   scorer_cls=SCORER)
     assert set(out["runs"]) == {"cmmlu/knowing/da_0shot", "ceval/knowing/da_0shot"}
     first = (tmp_path / "eval" / "cmmlu" / "knowing" / "da_0shot" / "results.json").stat().st_mtime_ns
     tables = Path(out["tables"]).read_text(encoding="utf-8")
     assert "**Table 1: CMMLU**" in tables and "**Table 3: C-Eval**" in tables and "Avg(Hard)" in tables
-    again = run_eval(cfg, tmp_path / "eval", models={"knowing": knowing_checkpoint}, data_dir=demo_benchmarks)
+    again = run_eval(cfg, tmp_path / "eval", models={"knowing": knowing_checkpoint}, data_dir=demo_benchmarks,
+                     scorer_cls=SCORER)
     assert again["runs"] == out["runs"]
     assert (tmp_path / "eval" / "cmmlu" / "knowing" / "da_0shot" / "results.json").stat().st_mtime_ns == first
     assert cli(["eval", "compare", str(tmp_path / "eval")]) == 0

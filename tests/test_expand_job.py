@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM
 
 from batray.cli import main as cli

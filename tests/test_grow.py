@@ -24,8 +24,16 @@ def grow_config(run_dir: Path, corpus: Path | None = None, **extra: str):
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
 
+def run_grow(cfg):
+    """Algorithm 1 with the expansion's shard writers as actors (as the grow stage runs it)."""
+    from actors.shard_writer import ShardWriter
+    from batray.expansion.grow import run_grow as grow
+
+    return grow(cfg, cfg.stage_dir("grow"), corpus=cfg.data.corpus, writer_cls=ShardWriter)
+
+
 def test_schedule_is_validated_before_training(tmp_path):
-    from jobs.grow import plan_phases
+    from batray.expansion.grow import plan_phases
 
     phases = plan_phases(grow_config(tmp_path, **{"grow.stack_steps": "2"}))
     assert [(p.name, p.layers) for p in phases] == [("stage_0", 1), ("stage_1", 2), ("stage_2", 4)]
@@ -49,8 +57,6 @@ def test_grow_stacks_and_resumes(ray_session, tmp_path):
     import shutil
 
     from transformers import AutoModelForCausalLM
-
-    from jobs.grow import run_grow
 
     cfg = grow_config(tmp_path / "run", _corpus(tmp_path), **{"grow.steps_per_phase": "2"})
     summary = run_grow(cfg)
@@ -78,8 +84,6 @@ def test_grow_stacks_and_resumes(ray_session, tmp_path):
 @pytest.mark.slow
 def test_grow_with_width_step_against_scratch(ray_session, tmp_path):
     """Four Ray Train runs (2 layers, 4 layers, 4 layers x2 wide, and the wide model from scratch)."""
-    from jobs.grow import run_grow
-
     cfg = grow_config(tmp_path / "run", _corpus(tmp_path), **{"grow.width.hidden_size": "128",
                                                                "grow.width.method": "exact",
                                                                "grow.compare_from_scratch": "true"})

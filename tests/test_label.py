@@ -27,8 +27,16 @@ from batray.config import EndpointConfig, load_config
 from batray.data.io import read_rows, write_jsonl
 from batray.feedback.world_judge import create_world_judge_app, judge_option
 from batray.serve import start_server
+from batray.stages import run_stage
 from jobs.label import main as label_main
-from jobs.label import run_label
+
+
+def run_label(cfg, out_dir, *, pairs, endpoints):
+    """The label stage through the registry, as `batray label` and `batray run` run it."""
+    from actors import kit
+
+    cfg = cfg.model_copy(update={"label": cfg.label.model_copy(update={"pairs": pairs, "endpoints": endpoints})})
+    return run_stage(cfg, "label", kit(), out_dir=out_dir).plan.outputs["ai_labels"]
 
 
 def _completion(answer: str, confident: float | None = 0.9) -> dict:

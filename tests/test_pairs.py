@@ -10,7 +10,15 @@ from batray.data.io import write_jsonl
 from batray.data.schemas import PAIRS
 from batray.errors import BatrayError
 from batray.serve import start_server
-from jobs.pairs import run_pairs
+from batray.stages import run_stage
+
+
+def run_pairs(cfg, out_dir, *, model_a):
+    """The pairs stage through the registry, as `batray pairs` runs it."""
+    from actors import kit
+
+    cfg = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"model_a": model_a})})
+    return run_stage(cfg, "pairs", kit(), out_dir=out_dir).plan.outputs["pairs"]
 
 PROMPTS = [{"id": f"q{i}", "prompt": p} for i, p in enumerate(
     ["What is the capital of Veloria?", "维洛里亚的首都是哪里？", "Who is Ada Quill?", "Say hello."])]
@@ -47,14 +55,14 @@ def test_b_from_an_endpoint(tmp_path, ray_session, tiny_checkpoint):
 
 def test_bad_models_fail_in_one_line(tmp_path, tiny_checkpoint):
     write_jsonl(PROMPTS, str(tmp_path / "prompts.jsonl"))
-    with pytest.raises(BatrayError, match="model_a"):
+    with pytest.raises(BatrayError, match="model_a .* does not exist"):
         run_pairs(_cfg(tmp_path), str(tmp_path / "p1"), model_a=str(tmp_path / "nope"))
     with pytest.raises(BatrayError, match="model_b"):
         run_pairs(_cfg(tmp_path, model_b=str(tmp_path / "nope")), str(tmp_path / "p2"), model_a=tiny_checkpoint)
 
 
 def test_side_coin_is_deterministic_and_balanced():
-    from jobs.pairs import side_swapped, swap_sides
+    from batray.feedback.pairs import side_swapped, swap_sides
 
     coins = [side_swapped(f"p{i}", seed=0) for i in range(400)]
     assert coins == [side_swapped(f"p{i}", seed=0) for i in range(400)]

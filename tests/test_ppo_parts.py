@@ -179,7 +179,8 @@ def test_weight_sync_buckets_cover_every_parameter(tiny_checkpoint):
 def test_config_and_input_errors_are_one_line(tmp_path):
     from batray.config import load_config
     from batray.errors import BatrayError, ConfigError
-    from jobs.ppo import run_ppo
+    from actors import kit
+    from batray.ppo.driver import run_ppo
 
     with pytest.raises(ConfigError, match=r"ppo: .*rollout_batch_size \(12\).*policy.num_actors"):
         load_config(None, ["ppo.rollout_batch_size=12", "ppo.num_minibatches=2", "ppo.policy.num_actors=4"])
@@ -189,6 +190,7 @@ def test_config_and_input_errors_are_one_line(tmp_path):
         load_config(None, ["ppo.kl_estimator=k4"])
     cfg = load_config(None, [])
     with pytest.raises(BatrayError, match="no reward model was given"):
-        run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path), reward_model=None, prompts="p.jsonl")
+        run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path), reward_model=None, prompts="p.jsonl", kit=kit())
     with pytest.raises(BatrayError, match="policy_init .* is not a checkpoint folder"):
-        run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path / "missing"), reward_model=str(tmp_path), prompts="p.jsonl")
+        run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path / "missing"), reward_model=str(tmp_path), prompts="p.jsonl",
+                kit=kit())

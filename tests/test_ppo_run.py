@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SAMPLE_TEXTS
+from faults import node_ids
 from safetensors.torch import load_file
 
+from batray import hooks
 from batray.checkpoint import is_complete
 from batray.config import load_config
 from batray.metrics import read_metrics
@@ -57,10 +59,16 @@ def _cfg(*overrides: str):
 
 
 def _run(cfg, out, checkpoint, data, on_step=None) -> str:
-    from jobs.ppo import run_ppo
+    """PPO with a rule reward; `on_step(step, roles)` after every step (through `batray.hooks`)."""
+    import contextlib
 
-    return run_ppo(cfg, str(out), policy_init=checkpoint, reward_model=None, prompts=str(data / "prompts.jsonl"),
-                   ptx_data=str(data / "corpus.jsonl"), on_step=on_step)
+    from actors import kit
+    from batray.ppo.driver import run_ppo
+
+    hook = hooks.on(hooks.PPO_STEP_DONE, on_step) if on_step else contextlib.nullcontext()
+    with hook:
+        return run_ppo(cfg, str(out), policy_init=checkpoint, reward_model=None, prompts=str(data / "prompts.jsonl"),
+                       ptx_data=str(data / "corpus.jsonl"), kit=kit())
 
 
 def _comparable(row: dict) -> dict:
@@ -127,7 +135,7 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
     def pid(_self):
         return os.getpid()
 
-    def chaos(step, roles):
+    def chaos(*, step, roles):
         engine, scorer = roles["rollout"].actors[0], roles["reward"].actors[0]
         if step == 1:
             pids["before"] = ray.get([engine.__ray_call__.remote(pid), scorer.__ray_call__.remote(pid)])
@@ -178,9 +186,9 @@ def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, 
     )
     seen = {}
 
-    def record(step, roles):
+    def record(*, step, roles):
         if step == 1:
-            seen.update(roles.node_ids())
+            seen.update(node_ids(roles))
 
     final = _run(cfg, tmp_path / "two", tiny_checkpoint, ppo_data, on_step=record)
     assert len(set(seen["policy"])) == 2

@@ -13,7 +13,7 @@ from batray.data.schemas import PREFERENCES
 from batray.errors import BatrayError
 from batray.feedback.consolidate import Policy, consolidate, label_d
 from jobs.prefs import main as prefs_main
-from jobs.prefs import run_prefs
+from batray.feedback.prefs import run_prefs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -81,5 +81,7 @@ def test_stage_writes_preferences_and_prints_summary(tmp_path, capsys):
 
 
 def test_stage_needs_some_labels(tmp_path):
+    with pytest.raises(BatrayError, match=r"ai_labels .*label/ai.parquet' does not exist \(output of label\); run `batray label` first"):
+        prefs_main([f"run_dir={tmp_path}/run"])  # label is in the recipe's stages: its output is expected
     with pytest.raises(BatrayError, match="no labels"):
-        prefs_main([f"run_dir={tmp_path}/run"])
+        prefs_main([f"run_dir={tmp_path}/run", "stages=[data,prefs]"])

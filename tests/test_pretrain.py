@@ -13,7 +13,9 @@ import random
 from pathlib import Path
 
 import pytest
+from faults import FailBeforeStep
 
+from batray import hooks
 from batray.checkpoint import read_marker
 from batray.config import load_config
 from batray.metrics import read_metrics
@@ -57,12 +59,12 @@ _REFERENCE: dict = {}
 @pytest.fixture
 def reference_run(ray_session, corpus, tmp_path_factory):
     """An uninterrupted 12-step run (2 workers, ZeRO-2), trained once per test session."""
-    from jobs.pretrain import run_pretrain
+    from batray.train.pretrain import run_pretrain
 
     if "run" not in _REFERENCE:
         run_dir = tmp_path_factory.mktemp("ref")
         cfg = config(run_dir, f"data.corpus={corpus}", *ZERO2_TWO_WORKERS)
-        _REFERENCE["run"] = (cfg, run_dir, run_pretrain(cfg, str(run_dir / "pretrain")))
+        _REFERENCE["run"] = (cfg, run_dir, run_pretrain(cfg, str(run_dir / "pretrain"), corpus=str(corpus)))
     return _REFERENCE["run"]
 
 
@@ -90,25 +92,25 @@ def test_loss_falls_in_each_direction_and_final_loads(reference_run):
 
 
 def test_rerun_skips_when_complete(reference_run):
-    from jobs.pretrain import run_pretrain
+    from batray.train.pretrain import run_pretrain
 
     cfg, run_dir, final = reference_run
     before = Path(final, "model.safetensors").stat().st_mtime_ns
-    assert run_pretrain(cfg, str(run_dir / "pretrain")) == final
+    assert run_pretrain(cfg, str(run_dir / "pretrain"), corpus=cfg.data.corpus) == final
     assert Path(final, "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_kill_and_resume_continues_exactly(reference_run, corpus, tmp_path):
     from batray.train import TrainingFailed
-    from jobs.pretrain import run_pretrain
+    from batray.train.pretrain import run_pretrain
 
     _, ref_dir, _ = reference_run
     cfg = config(tmp_path, f"data.corpus={corpus}", *ZERO2_TWO_WORKERS)
     out = str(tmp_path / "pretrain")
-    with pytest.raises(TrainingFailed, match="rerun the same command"):
-        run_pretrain(cfg, out, _fail_at_step=7)  # crashes after the step-4 checkpoint
+    with pytest.raises(TrainingFailed, match="rerun the same command"), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(7)):
+        run_pretrain(cfg, out, corpus=str(corpus))  # crashes after the step-4 checkpoint
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
-    run_pretrain(cfg, out)  # the same command again: resumes at step 4
+    run_pretrain(cfg, out, corpus=str(corpus))  # the same command again: resumes at step 4
     ref = {r["step"]: r for r in read_metrics(ref_dir / "pretrain")}
     got = {r["step"]: r for r in read_metrics(out)}
     assert sorted(got) == list(range(1, 13))
@@ -120,12 +122,12 @@ def test_kill_and_resume_continues_exactly(reference_run, corpus, tmp_path):
 def test_two_workers_with_zero3_and_accumulation(ray_session, corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from jobs.pretrain import run_pretrain
+    from batray.train.pretrain import run_pretrain
 
     cfg = config(tmp_path, f"data.corpus={corpus}", "pretrain.max_steps=3", "pretrain.ckpt_every=2",
                  "pretrain.scaling.num_workers=2", "pretrain.deepspeed.zero_stage=3",
                  "pretrain.grad_accum_steps=2", "pretrain.optim.warmup_steps=1")
-    final = run_pretrain(cfg, str(tmp_path / "pretrain"))
+    final = run_pretrain(cfg, str(tmp_path / "pretrain"), corpus=str(corpus))
     rows = read_metrics(tmp_path / "pretrain")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[-1]["tokens_seen"] == 3 * 2 * 2 * 4 * 64  # steps x workers x accumulation x batch x seq

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.group import ActorGroup, DistributedWorker, make_placement_group
+from batray.groups import ActorGroup, DistributedWorker, make_placement_group
 from batray.errors import BatrayError, DistributedError
 
 

@@ -38,7 +38,7 @@ def test_tiny_recipe_on_six_nodes_survives_losing_the_rollout_node(tmp_path, mon
     import ray
     from ray.cluster_utils import Cluster
 
-    import jobs.ppo
+    from batray import hooks
     from batray.metrics import read_metrics
     from jobs.run import main
 
@@ -49,26 +49,23 @@ def test_tiny_recipe_on_six_nodes_survives_losing_the_rollout_node(tmp_path, mon
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="batray-tests", runtime_env=WORKER_ENV)
     seen: dict = {}
-    real_step = jobs.ppo.Driver.step
 
-    def step_then_lose_the_rollout_node(driver, step):
-        row = real_step(driver, step)
+    def lose_the_rollout_node(*, step, roles):
         if step == 2 and "removed" not in seen:
-            engine = driver.roles["rollout"].actors[0]
+            engine = roles["rollout"].actors[0]
             node_of = lambda actor: ray.get(actor.__ray_call__.remote(  # noqa: E731
                 lambda _: ray.get_runtime_context().get_node_id()))
-            seen["roles"] = {role: sorted({node_of(a) for a in driver.roles[role].actors})
+            seen["roles"] = {role: sorted({node_of(a) for a in roles[role].actors})
                              for role in ("policy", "critic", "reference", "reward", "rollout")}
             rollout_node = node_of(engine)
             others = {n for role, nodes in seen["roles"].items() if role != "rollout" for n in nodes}
             assert rollout_node not in others, seen["roles"]  # the engine has its node to itself
             cluster.remove_node(next(w for w in workers if w.node_id == rollout_node))
             seen["removed"] = rollout_node
-        return row
 
-    monkeypatch.setattr(jobs.ppo.Driver, "step", step_then_lose_the_rollout_node)
     try:
-        rc = main([str(ROOT / "configs" / "tiny.yaml"), "--run-dir", str(tmp_path), *SHORT])
+        with hooks.on(hooks.PPO_STEP_DONE, lose_the_rollout_node):
+            rc = main([str(ROOT / "configs" / "tiny.yaml"), "--run-dir", str(tmp_path), *SHORT])
     finally:
         ray.shutdown()
         cluster.shutdown()

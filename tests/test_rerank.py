@@ -130,7 +130,7 @@ def test_serve_rerank_field_over_http(tiny_checkpoint, model_tok):
 
 
 def test_chat_rerank_option(tiny_checkpoint):
-    from jobs.chat import ChatSession
+    from batray.chat import ChatSession
 
     session = ChatSession(tiny_checkpoint, max_new_tokens=6, temperature=1.0, seed=3, rerank_n=3, rerank_weight=0.0)
     out = io.StringIO()

@@ -48,7 +48,7 @@ def test_hh_dialogue_maps_to_context_responses_and_d(tmp_path):
     reasons = " | ".join(r["reason"] for r in report.rejected)
     assert "differ before their last assistant turn" in reasons and "chosen missing or not a string" in reasons
     t = triples[0]
-    # y = chosen, y' = rejected, so chosen preferred is d = -1 (DESIGN.md §3)
+    # y = chosen, y' = rejected, so chosen preferred is d = -1 (docs/DESIGN.md §3)
     assert (t.response_a, t.response_b, t.d) == ("The capital of Veloria is Marnet.", "I don't know.", -1)
     assert [m["role"] for m in t.context] == ["user", "assistant", "user"]
     assert render(t.context, t.response_a) == (

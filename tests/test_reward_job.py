@@ -7,7 +7,9 @@ import json
 import random
 
 import pytest
+from faults import FailBeforeStep
 
+from batray import hooks
 from batray.checkpoint import read_marker
 from batray.config import DemoDataConfig, load_config
 from batray.data.demo import build_world, render
@@ -17,7 +19,7 @@ from batray.metrics import read_metrics
 
 def demo_world_preferences(n_entities: int = 8, distractors: int = 3, tie_every: int = 0, seed: int = 0) -> list[dict]:
     """Oracle preferences over the demo world: for every fact, the right answer against `distractors`
-    wrong ones (each pair in random order, d by DESIGN.md §3), plus a tie of two wrong answers every
+    wrong ones (each pair in random order, d by docs/DESIGN.md §3), plus a tie of two wrong answers every
     `tie_every` facts. A held-out pair pits a known right answer against a wrong one never seen with it,
     so ranking it takes what the model learned about the fact, not the pair."""
     world = build_world(DemoDataConfig(num_countries=n_entities, num_people=n_entities))
@@ -61,7 +63,7 @@ def reward_cfg(run_dir, *extra):
 def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_session, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from jobs.reward import run_reward, summary
+    from batray.reward.stage import run_reward, summary
 
     data = write_prefs(tmp_path / "prefs.jsonl", demo_world_preferences(tie_every=4))
     cfg = reward_cfg(tmp_path / "run", "reward.max_steps=240", "reward.eval_every=80", "reward.held_out_fraction=0.25")
@@ -100,7 +102,7 @@ def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_ses
 def test_reward_resumes_exactly_after_a_crash(ray_session, tmp_path):
     """Rao-Kupper ties, so the learned threshold is checkpointed and restored with the model."""
     from batray.train import TrainingFailed
-    from jobs.reward import run_reward
+    from batray.reward.stage import run_reward
 
     data = write_prefs(tmp_path / "prefs.jsonl", demo_world_preferences(n_entities=4, distractors=2, tie_every=2))
     extra = ("reward.max_steps=8", "reward.micro_batch_size=8", "reward.log_every=1", "reward.eval_every=100",
@@ -109,8 +111,8 @@ def test_reward_resumes_exactly_after_a_crash(ray_session, tmp_path):
                      data=data)
     cfg = reward_cfg(tmp_path / "crash", *extra)
     out = str(tmp_path / "crash" / "reward")
-    with pytest.raises(TrainingFailed, match="rerun the same command"):
-        run_reward(cfg, out, init_from="batgpt-tiny", data=data, _fail_at_step=5)
+    with pytest.raises(TrainingFailed, match="rerun the same command"), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(5)):
+        run_reward(cfg, out, init_from="batgpt-tiny", data=data)
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     final = run_reward(cfg, out, init_from="batgpt-tiny", data=data)
 

@@ -12,7 +12,7 @@ from batray.metrics import read_metrics
 def test_sft_job_trains_from_checkpoint(ray_session, tiny_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from jobs.sft import run_sft
+    from batray.train.sft import run_sft
 
     rows = []
     for i in range(40):
@@ -25,7 +25,7 @@ def test_sft_job_trains_from_checkpoint(ray_session, tiny_checkpoint, tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}", f"data.sft={data}", "sft.seq_len=64", "sft.micro_batch_size=4",
                              "sft.max_steps=8", "sft.log_every=2", "sft.eval_every=8", "sft.ckpt_every=4",
                              "sft.optim.lr=3e-3", "sft.optim.warmup_steps=1", "data.held_out_fraction=0.1"])
-    final = run_sft(cfg, str(tmp_path / "sft"), init_from=tiny_checkpoint)
+    final = run_sft(cfg, str(tmp_path / "sft"), init_from=tiny_checkpoint, data=str(data))
     metrics = read_metrics(tmp_path / "sft")
     assert [m["step"] for m in metrics] == [2, 4, 6, 8]
     assert metrics[-1]["loss_response"] < metrics[0]["loss_response"]

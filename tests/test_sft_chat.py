@@ -7,7 +7,7 @@ import sys
 
 
 def test_chat_session_is_multi_turn(tiny_checkpoint):
-    from jobs.chat import ChatSession
+    from batray.chat import ChatSession
 
     session = ChatSession(tiny_checkpoint, system="Be brief.", max_new_tokens=5, temperature=0)
     out = io.StringIO()

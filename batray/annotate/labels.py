@@ -27,7 +27,7 @@ def helpfulness_to_ab(helpfulness_lr: str, left_is_a: bool) -> str:
 
 
 def helpfulness_to_d(helpfulness: str) -> int:
-    """The preference d of DESIGN.md §3 from the helpfulness answer alone (y = a, y' = b in Eq. 3).
+    """The preference d of docs/DESIGN.md §3 from the helpfulness answer alone (y = a, y' = b in Eq. 3).
 
     a_better -> -1 (a preferred), b_better -> +1 (b preferred), both_good / both_bad -> 0 (equivalent).
     Acceptability is exported beside it untouched: whether an unacceptable response loses to an

@@ -6,7 +6,8 @@ peers disagree on are explicit fields with the choice documented beside them.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +16,19 @@ class Schema(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class PathField:
+    """Marks a config field as a filesystem location (`InputPath`, `OutputPath`): the loader makes local
+    paths absolute (`batray.config.recipe.absolute_local_paths`), because Ray workers do not run in the
+    directory the command was started in. Inputs only when they exist here (a hub id or URL stays)."""
+
+    role: Literal["input", "output"]
+
+
+InputPath = Annotated[str, PathField("input")]  # a checkpoint, data file/folder, hub id or URL read by a stage
+OutputPath = Annotated[str, PathField("output")]  # a folder a stage writes
 
 
 class RayConfig(Schema):
@@ -30,8 +44,8 @@ class ModelConfig(Schema):
     """The model a stage starts from: a preset name, or a local path / hub name."""
 
     preset: str | None = "batgpt-tiny"
-    path: str | None = None
-    tokenizer: str | None = Field(
+    path: InputPath | None = None
+    tokenizer: InputPath | None = Field(
         default=None, description="tokenizer path or hub name; null: train a byte-level BPE on the corpus"
     )
     vocab_size: int = Field(default=1024, ge=300, description="size of the BPE trained when tokenizer is null")

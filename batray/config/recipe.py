@@ -9,25 +9,25 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from batray.config.base import ModelConfig, RayConfig, Schema
+from batray.config.base import ModelConfig, OutputPath, PathField, RayConfig, Schema
 from batray.config.rl import AnnotateConfig, LabelConfig, PairsConfig, PpoConfig, PrefsConfig, RewardConfig
 from batray.config.serve_eval import EvalConfig, ServeConfig
 from batray.config.stages import DataConfig, ExpandConfig, GrowConfig, PretrainConfig, SftConfig
 from batray.errors import ConfigError
 
-STAGES = ("data", "grow", "pretrain", "expand", "sft", "pairs", "label", "prefs", "reward", "ppo", "eval")
 StageName = Literal["data", "grow", "pretrain", "expand", "sft", "pairs", "label", "prefs", "reward", "ppo", "eval"]
+STAGES: tuple[str, ...] = get_args(StageName)  # the canonical order (`batray.stages` has what each one does)
 
 
 class RecipeConfig(Schema):
     """The BatGPT recipe: every stage's settings plus the run directory they share."""
 
-    run_dir: str = "runs/default"
+    run_dir: OutputPath = "runs/default"
     seed: int = 0
     stages: list[StageName] = Field(
         default=["data", "grow", "expand", "sft", "pairs", "label", "prefs", "reward", "ppo", "eval"],
@@ -145,34 +145,52 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         cfg = RecipeConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
-    return RecipeConfig.model_validate(absolute_local_paths(cfg.model_dump()))
+    return absolute_local_paths(cfg)
 
 
 # Ray workers do not run in the driver's working directory (Ray Train V2 moves each training worker
 # into its run folder; on a cluster they are other machines), so local paths are made absolute when
-# the config is read, against the directory the command runs in. Outputs always; inputs only when
-# they exist here, so a hub name such as "org/model" or a URI is left as it is.
-OUTPUT_PATH_FIELDS = frozenset({"run_dir", "dst"})
-INPUT_PATH_FIELDS = frozenset({
-    "path", "tokenizer", "corpus", "sft", "prompts", "init_from", "data", "ai_labels", "human_labels",
-    "critic_init", "policy_init", "reward_model", "ptx_data", "pairs", "tasks", "templates", "db",
-    "benchmarks", "src",
-})
+# the config is read, against the directory the command runs in. Which fields are paths is said by
+# their type (`InputPath`, `OutputPath`): outputs always; inputs only when they exist here, so a hub
+# name such as "org/model" or a URI is left as it is.
 
 
-def absolute_local_paths(node):
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value) and (
-                key in OUTPUT_PATH_FIELDS or (key in INPUT_PATH_FIELDS and os.path.exists(value))
-            ):
-                value = os.path.abspath(value)
-            out[key] = absolute_local_paths(value)
-        return out
-    if isinstance(node, list):
-        return [absolute_local_paths(v) for v in node]
-    return node
+def absolute_local_paths(cfg: Schema) -> Schema:
+    """A copy of `cfg` with every local path field made absolute (recursing into sections and lists)."""
+    updates = {}
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        role = _path_role(field.annotation, field.metadata)
+        if isinstance(value, Schema):
+            new = absolute_local_paths(value)
+        elif isinstance(value, list):
+            new = [absolute_local_paths(v) if isinstance(v, Schema) else _absolute(v, role) for v in value]
+        else:
+            new = _absolute(value, role)
+        if new is not value and new != value:
+            updates[name] = new
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def _absolute(value, role: str | None):
+    if role is None or not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
+        return value
+    if role == "output" or os.path.exists(value):
+        return os.path.abspath(value)
+    return value
+
+
+def _path_role(annotation, metadata=()) -> str | None:
+    """"input"/"output" when the field is (or contains, as Optional/list) an InputPath/OutputPath.
+    Pydantic keeps a top-level Annotated's marks in `FieldInfo.metadata`, nested ones in the annotation."""
+    marks = [m for m in (*metadata, *getattr(annotation, "__metadata__", ())) if isinstance(m, PathField)]
+    if marks:
+        return marks[0].role
+    for arg in get_args(annotation):
+        role = _path_role(arg)
+        if role is not None:
+            return role
+    return None
 
 
 def _read_yaml(p: Path) -> dict:

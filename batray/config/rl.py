@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from batray.config.base import DeepSpeedConfig, Schema, TrainConfig
+from batray.config.base import DeepSpeedConfig, InputPath, Schema, TrainConfig
 
 
 class SamplingConfig(Schema):
@@ -18,10 +18,10 @@ class SamplingConfig(Schema):
 class PairsConfig(Schema):
     """Two responses A and B per prompt (§3.3)."""
 
-    prompts: str | None = None
+    prompts: InputPath | None = Field(default=None, description="null: data.prompts, else the demo prompts")
     max_prompts: int | None = Field(default=None, ge=1)
-    model_a: str | None = Field(default=None, description="null: the run's SFT model")
-    model_b: str | None = Field(
+    model_a: InputPath | None = Field(default=None, description="null: the latest model stage before pairs (sft)")
+    model_b: InputPath | None = Field(
         default=None,
         description="null: model_a sampled twice; a checkpoint path; an http(s) endpoint URL; or `world` "
         "(batray run only: the demo world's reference answers served as an endpoint)",
@@ -65,19 +65,19 @@ class LabelConfig(Schema):
     )
     both_orders: bool = True
     on_order_disagreement: Literal["tie", "lower_confidence"] = "tie"
-    templates: str | None = Field(default=None, description="folder overriding the judge templates")
+    templates: InputPath | None = Field(default=None, description="folder overriding the judge templates")
     max_requests: int | None = Field(default=None, ge=1, description="budget: requests in all, per run and endpoint")
     num_labelers: int = Field(default=1, ge=1)
     labeler_cpus: float = Field(default=0.25, gt=0, description="labelers wait on the network; a fraction of a CPU")
     chunk_size: int = Field(default=128, ge=1, description="pairs per labeler call; output is saved after each")
-    pairs: str | None = Field(default=None, description="pairs parquet/jsonl; null: <run_dir>/pairs/pairs.parquet")
+    pairs: InputPath | None = Field(default=None, description="pairs parquet/jsonl; null: the pairs stage's output")
 
 
 class AnnotateConfig(Schema):
     """The human annotation web app (Fig. 1)."""
 
     db: str | None = Field(default=None, description="SQLAlchemy URL; null: SQLite in <run_dir>/annotate")
-    tasks: str | None = Field(default=None, description="pairs parquet/jsonl to annotate; null: <run_dir>/pairs")
+    tasks: InputPath | None = Field(default=None, description="pairs parquet/jsonl to annotate; null: <run_dir>/pairs")
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=1, le=65535)
     overlap: float = Field(default=0.1, ge=0, le=1, description="share of tasks given to two annotators")
@@ -91,10 +91,10 @@ class PrefsConfig(Schema):
     unacceptable_loses: bool = Field(default=True, description="an unacceptable response loses to an acceptable one")
     human_overrides_ai: bool = True
     min_confidence: float = Field(default=0.0, ge=0, le=1, description="AI labels below this are dropped (counted)")
-    human_labels: str | None = Field(
+    human_labels: InputPath | None = Field(
         default=None, description="exported human labels; null: <run_dir>/annotate/human.parquet when it exists"
     )
-    ai_labels: str | None = Field(default=None, description="AI labels; null: <run_dir>/label/ai.parquet when it exists")
+    ai_labels: InputPath | None = Field(default=None, description="AI labels; null: the label stage's output (when label is in stages or it exists)")
 
 
 class RewardConfig(TrainConfig):
@@ -108,12 +108,12 @@ class RewardConfig(TrainConfig):
         default=0.25, ge=0,
         description="tau of the band tie loss, below the margin; the initial rao_kupper threshold; tie accuracy's band",
     )
-    data: str | None = Field(
+    data: InputPath | None = Field(
         default=None,
-        description="preferences (or chosen/rejected) parquet/jsonl; null: <run_dir>/prefs/preferences.parquet",
+        description="preferences (or chosen/rejected) parquet/jsonl; null: the prefs stage's output",
     )
-    init_from: str | None = Field(
-        default=None, description="null: the run's SFT model; a causal LM or reward checkpoint, or a preset (random init)"
+    init_from: InputPath | None = Field(
+        default=None, description="null: the latest model stage before reward (sft); a causal LM or reward checkpoint, or a preset (random init)"
     )
     held_out_fraction: float = Field(default=0.1, ge=0, lt=1, description="pairs held out for evaluation (by pair_id hash)")
 
@@ -203,7 +203,7 @@ class PpoConfig(Schema):
     value_coef: float = Field(default=0.5, ge=0)
     reward_clip: float = Field(default=5.0, gt=0)
     normalize_reward: bool = True
-    # roles (DESIGN.md §5)
+    # roles (docs/DESIGN.md §5)
     colocate: bool = True
     policy: RoleConfig = RoleConfig()
     critic: RoleConfig = RoleConfig()
@@ -225,15 +225,15 @@ class PpoConfig(Schema):
     profile_phases: bool = Field(
         default=False, description="after each phase, read every role actor's own compute time (one extra call "
         "per actor): metrics compute_<phase>, and the rest of the phase is orchestration")
-    prompts: str | None = None
+    prompts: InputPath | None = Field(default=None, description="null: data.prompts, else the demo prompts")
     prompt_format: Literal["chat", "raw"] = Field(default="chat", description="chat: BatGPT's template, one user turn")
     max_prompt_tokens: int = Field(default=256, ge=2, description="longer prompts are skipped (counted)")
-    ptx_data: str | None = Field(default=None, description="pretraining corpus for lambda_ptx; null: the run's corpus")
+    ptx_data: InputPath | None = Field(default=None, description="pretraining corpus for lambda_ptx; null: the run's corpus")
     ptx_seq_len: int = Field(default=64, ge=8)
     ptx_bidirectional: bool = Field(default=True, description="Eq. 1: l2r and r2l samples; false: l2r only")
-    policy_init: str | None = Field(default=None, description="null: the run's SFT model")
-    reward_model: str | None = Field(default=None, description="null: the run's reward model")
-    critic_init: str | None = Field(
+    policy_init: InputPath | None = Field(default=None, description="null: the latest model stage before ppo (sft)")
+    reward_model: InputPath | None = Field(default=None, description="null: the reward stage's output (unused with reward.kind rule)")
+    critic_init: InputPath | None = Field(
         default=None, description="null: the reward model (InstructGPT), or policy_init with a fresh head for a rule reward"
     )
     seed: int = 0

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from batray.config.base import Schema
+from batray.config.base import InputPath, Schema
 
 
 class RerankConfig(Schema):
@@ -25,8 +25,8 @@ class EvalConfig(Schema):
     """CMMLU / C-Eval evaluation (§4, Tables 1-3)."""
 
     benchmarks: list[Literal["cmmlu", "ceval"]] = ["cmmlu", "ceval"]
-    data: str | None = Field(default=None, description="folder holding cmmlu/ and ceval/; null: demo data")
-    models: list[str] = Field(default=[], description="checkpoints or endpoint URLs; empty: the run's sft and ppo")
+    data: InputPath | None = Field(default=None, description="folder holding cmmlu/ and ceval/; null: data.benchmarks, else the demo benchmarks")
+    models: list[InputPath] = Field(default=[], description="checkpoints or endpoint URLs; empty: the run's sft and ppo models")
     shots: list[int] = [5, 0]
     modes: list[Literal["da", "cot", "rerank"]] = ["da"]
     subjects: list[str] | None = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from batray.config.base import Schema, TrainConfig
+from batray.config.base import InputPath, OutputPath, Schema, TrainConfig
 
 
 class DemoDataConfig(Schema):
@@ -28,10 +28,10 @@ class DataConfig(Schema):
     """Where a run's data comes from; null paths mean the demo data generated into the run dir."""
 
     demo: DemoDataConfig = DemoDataConfig()
-    corpus: str | None = None
-    sft: str | None = None
-    prompts: str | None = None
-    benchmarks: str | None = None
+    corpus: InputPath | None = None
+    sft: InputPath | None = None
+    prompts: InputPath | None = None
+    benchmarks: InputPath | None = None
     held_out_fraction: float = Field(default=0.05, ge=0, lt=1)
 
 
@@ -44,21 +44,21 @@ class PretrainConfig(TrainConfig):
     r2l_share: float = Field(
         default=1.0, ge=0, le=1, description="share of sequences also learned right to left (1.0: every one)"
     )
-    init_from: str | None = Field(default=None, description="checkpoint to continue from; null: from scratch")
+    init_from: InputPath | None = Field(default=None, description="checkpoint to continue from; null: model.path, else from scratch")
 
 
 class SftConfig(TrainConfig):
     """Instruction tuning (Eq. 2)."""
 
     loss_on: Literal["last", "all"] = Field(default="last", description="assistant turns that carry loss")
-    init_from: str | None = Field(default=None, description="null: the run's pretrain/grow/expand output")
+    init_from: InputPath | None = Field(default=None, description="null: the latest model stage before sft (pretrain/grow/expand), else model.path")
 
 
 class ExpandConfig(Schema):
     """Width (Eqs. 5-7) and depth (Alg. 1 stacking) expansion. Null sizes stay as they are."""
 
-    src: str | None = Field(default=None, description="null: the run's grow/final, else pretrain/final")
-    dst: str | None = Field(default=None, description="null: <run_dir>/expand/final")
+    src: InputPath | None = Field(default=None, description="null: the latest model stage before expand (pretrain/grow), else model.path")
+    dst: OutputPath | None = Field(default=None, description="null: <run_dir>/expand/final")
     hidden_size: int | None = Field(default=None, ge=1)
     intermediate_size: int | None = Field(default=None, ge=1)
     num_heads: int | None = Field(default=None, ge=1)
@@ -70,7 +70,8 @@ class ExpandConfig(Schema):
     seed: int = 0
     probe: bool = Field(default=True, description="measure the logit deviation (loads both models, one at a time)")
     probe_tokens: int = Field(default=64, ge=1)
-    max_shard_mb: float = Field(default=2048, gt=0, description="output shard size; each shard is one Ray task")
+    max_shard_mb: float = Field(default=2048, gt=0, description="output shard size; each shard is written by one writer")
+    num_writers: int | None = Field(default=None, ge=1, description="shard-writer actors; null: one per CPU, at most one per shard")
 
 
 class GrowConfig(Schema):

@@ -284,7 +284,7 @@ def prompt_rows(world: World, rng: random.Random) -> list[dict]:
 
 def preference_rows(world: World, prompts: list[dict], rng: random.Random) -> list[dict]:
     """Oracle pairs over half the prompts: 60% right vs wrong (d = -1 or 1), 20% ties of two right
-    answers (both_good), 20% ties of two wrong ones (both_bad). d follows DESIGN.md §3 (-1: a wins)."""
+    answers (both_good), 20% ties of two wrong ones (both_bad). d follows docs/DESIGN.md §3 (-1: a wins)."""
     rows = []
     for i, p in enumerate(prompts[: len(prompts) // 2]):
         relation, subject, lang = p["relation"], p["subject"], p["lang"]

@@ -1,6 +1,6 @@
 """Readers and writers for JSONL and Parquet on local paths or any URI pyarrow's filesystems open.
 
-`read_rows` validates against a DESIGN.md §3 contract and returns accepted rows plus a
+`read_rows` validates against a docs/DESIGN.md §3 contract and returns accepted rows plus a
 `RejectReport`; `write_rejected` puts bad rows aside with their reasons. Stages report the counts.
 """
 

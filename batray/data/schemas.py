@@ -1,4 +1,4 @@
-"""The data contracts of DESIGN.md §3 as pyarrow schemas and row validators.
+"""The data contracts of docs/DESIGN.md §3 as pyarrow schemas and row validators.
 
 A validator returns None for a good row or a short reason for a bad one; `validate_rows` uses them
 to split a table into accepted rows and rejected rows (with reasons), so nothing is silently dropped.

@@ -1,7 +1,7 @@
 """SFT sample building (Eq. 2): chat rendering, label masking, truncation from the oldest turns.
 
 The sample is tokenized piece by piece (prefix, response, prefix, response ...), so response token
-boundaries are exact; pieces are BatGPT's chat format (DESIGN.md §4).
+boundaries are exact; pieces are BatGPT's chat format (docs/DESIGN.md §4).
 """
 
 from __future__ import annotations

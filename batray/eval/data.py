@@ -1,4 +1,4 @@
-"""Readers of the benchmarks' official CSV layouts (DESIGN.md §3).
+"""Readers of the benchmarks' official CSV layouts (docs/DESIGN.md §3).
 
 - CMMLU: `{root}/{split}/{subject}.csv`, header `,Question,A,B,C,D,Answer` (the first column is an
   index); splits `dev` (the k shots) and `test` (scored).

@@ -17,11 +17,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
 from batray.errors import BatrayError
-from batray.expansion.mapping import UnitMap, exact_map, fpi_map, grouped_head_maps, identity_map
+from batray.expansion.mapping import UnitMap, exact_map, fpi_map, grouped_head_maps
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2")
 
@@ -58,6 +59,10 @@ LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
+WidthMethod = Literal["fpi", "exact"]  # Eqs. 5-7 (random mapping, function-preserving), or integer-factor copies
+StackInit = Literal["copy", "zero"]  # Alg. 1's stacked copies as they are, or with zeroed residual writers
+
+
 @dataclass(frozen=True)
 class Request:
     """Target sizes (None: unchanged) and how to get there. Mirrors `ExpandConfig`."""
@@ -67,10 +72,15 @@ class Request:
     num_heads: int | None = None
     num_kv_heads: int | None = None
     num_layers: int | None = None
-    method: str = "exact"  # fpi | exact
-    stack: str = "zero"  # copy | zero
+    method: WidthMethod = "exact"
+    stack: StackInit = "zero"
     noise_std: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, kind in (("method", WidthMethod), ("stack", StackInit)):
+            if getattr(self, name) not in get_args(kind):
+                raise BatrayError(f"{name} must be one of {', '.join(get_args(kind))}, not {getattr(self, name)!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "Request":
@@ -159,10 +169,6 @@ def target_sizes(cfg: dict, request: Request, where: str = "config.json") -> dic
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise BatrayError(f"unknown architecture {model_type!r} in {where}; expansion supports "
                           f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-    if request.method not in ("fpi", "exact"):
-        raise BatrayError(f"method must be fpi or exact, not {request.method!r}")
-    if request.stack not in ("copy", "zero"):
-        raise BatrayError(f"stack must be copy or zero, not {request.stack!r}")
 
     hidden, ffn = cfg["hidden_size"], cfg["intermediate_size"]
     heads = cfg["num_attention_heads"]

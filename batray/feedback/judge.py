@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from batray.feedback.templates import ACCEPTABILITY_OPTIONS, HELPFULNESS_OPTIONS
 
-# d of DESIGN.md §3 from the a/b helpfulness label (the same mapping as the annotation export).
+# d of docs/DESIGN.md §3 from the a/b helpfulness label (the same mapping as the annotation export).
 HELPFULNESS_D = {"a_better": -1, "b_better": 1, "both_good": 0, "both_bad": 0}
 
 

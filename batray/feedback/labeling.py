@@ -2,7 +2,7 @@
 
 Per pair: acceptability of A, acceptability of B, helpfulness with A shown first, and (with
 `both_orders`) helpfulness with B shown first. Every input pair comes back exactly once, either as a
-preferences row (DESIGN.md §3, `source: ai`) or as a failure with its reason.
+preferences row (docs/DESIGN.md §3, `source: ai`) or as a failure with its reason.
 """
 
 from __future__ import annotations

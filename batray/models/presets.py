@@ -8,6 +8,8 @@ family at test size. Any Hugging Face causal LM loads from a path or hub name.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -110,6 +112,14 @@ def describe(preset_or_path: str) -> dict:
     info["architectures"] = getattr(cfg, "architectures", None) or [type(cfg).__name__.replace("Config", "ForCausalLM")]
     info["parameters"] = count_parameters(cfg)
     return info
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(value: str) -> bool:
+    """`org/name` that is not a local path: a Hugging Face hub id (tried on machines that reach the hub)."""
+    return bool(_HUB_ID.match(value)) and not os.path.exists(value) and not value.startswith((".", "/", "~"))
 
 
 def is_checkpoint_dir(path: str) -> bool:

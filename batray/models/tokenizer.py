@@ -1,6 +1,6 @@
 """Tokenizers: the direction tokens, BatGPT's chat template, and a byte-level BPE trained offline.
 
-Direction (DESIGN.md §4): `<|l2r|>` starts every left-to-right sequence (generation included);
+Direction (docs/DESIGN.md §4): `<|l2r|>` starts every left-to-right sequence (generation included);
 `<|r2l|>` starts a right-to-left sample, whose tokens are the left-to-right tokens reversed (Eq. 1).
 """
 
@@ -22,7 +22,7 @@ EOT_TOKEN = "<eot>"  # ends the system block of BatGPT's chat format
 EOP_TOKEN = "<eop>"  # ends an assistant turn
 SPECIAL_TOKENS = [PAD_TOKEN, EOS_TOKEN, L2R_TOKEN, R2L_TOKEN, EOT_TOKEN, EOP_TOKEN]
 
-# BatGPT's chat format as a Jinja template (DESIGN.md §4):
+# BatGPT's chat format as a Jinja template (docs/DESIGN.md §4):
 #   [System]\n\n{system}\n\n<eot>  then per turn i:  [Turn i]\n\n[User] {q}\n\n[Assistant] {a}\n\n<eop>
 # Every rendering starts with <|l2r|>: chat is always generated left to right.
 CHAT_TEMPLATE = (

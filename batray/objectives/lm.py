@@ -3,7 +3,7 @@
 Eq. 1 (§3.1) maximizes, for every sequence x,
     sum_t log p(x_t | x_<t)  +  sum_t log p(x_t | x_>t)
 The first sum is read left to right after `<|l2r|>`; the second is an ordinary causal LM over the
-reversed tokens after `<|r2l|>` (DESIGN.md §4), so one causal model computes both. A packed block
+reversed tokens after `<|r2l|>` (docs/DESIGN.md §4), so one causal model computes both. A packed block
 carries a per-token `directions` tensor (0: l2r, 1: r2l, see `batray.data.direction.Block`), which is
 how the two sums are kept apart in the metrics while the optimized loss is their sum.
 

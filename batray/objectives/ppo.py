@@ -92,8 +92,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1"
 class FixedKLController:
     """lambda_KL of Eq. 4 held constant."""
 
-    def __init__(self, kl_coef: float):
-        self.value = float(kl_coef)
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: int | None = None):
+        self.value = float(kl_coef)  # target and horizon: unused (one constructor signature for the registry)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         return self.value
@@ -112,7 +112,7 @@ class AdaptiveKLController:
     where KL is the mean per-sequence KL of the last batch and n_steps its number of sequences.
     """
 
-    def __init__(self, kl_coef: float, target: float, horizon: int):
+    def __init__(self, kl_coef: float, target: float = 6.0, horizon: int = 10000):
         self.value, self.target, self.horizon = float(kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
@@ -127,15 +127,16 @@ class AdaptiveKLController:
         self.value = float(state["value"])
 
 
-KL_CONTROLLERS = {"fixed": FixedKLController, "adaptive": AdaptiveKLController}
+KL_CONTROLLERS: dict[str, type] = {"fixed": FixedKLController, "adaptive": AdaptiveKLController}
 
 
 def make_kl_controller(kind: str, kl_coef: float, target: float = 6.0, horizon: int = 10000):
-    if kind == "fixed":
-        return FixedKLController(kl_coef)
-    if kind == "adaptive":
-        return AdaptiveKLController(kl_coef, target, horizon)
-    raise ValueError(f"unknown KL controller {kind!r}; one of {sorted(KL_CONTROLLERS)}")
+    """lambda_KL's controller by name (`KL_CONTROLLERS`)."""
+    try:
+        cls = KL_CONTROLLERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown KL controller {kind!r}; one of {sorted(KL_CONTROLLERS)}") from None
+    return cls(kl_coef, target, horizon)
 
 
 # ---- rewards ----------------------------------------------------------------------------------

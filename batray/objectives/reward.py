@@ -1,6 +1,6 @@
 """Reward-model objectives (§3.3): the paper's hinge loss (Eq. 3) and two ways to teach ties.
 
-Notation (DESIGN.md §3): a preference triple is (y, y', d) with y = response_a, y' = response_b and
+Notation (docs/DESIGN.md §3): a preference triple is (y, y', d) with y = response_a, y' = response_b and
 d in {-1, 0, 1}: -1 means a is preferred, +1 means b is preferred, 0 means the two are equivalent.
 `r_a = r(x, y)` and `r_b = r(x, y')` are the scalar rewards, `delta = r_b - r_a`.
 

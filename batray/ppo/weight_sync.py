@@ -1,4 +1,4 @@
-"""Policy -> rollout engine weight sync: the bucket layout and the transports, without Ray.
+"""Policy -> rollout engine weight sync: the bucket layout, the transports, and the driver's `WeightSync`.
 
 After every PPO update the policy's weights go to every rollout engine, in buckets of about
 `ppo.sync_bucket_mb` (each one flat tensor of one dtype), so no single transfer holds a whole large
@@ -12,7 +12,9 @@ model. Transports (`ppo.sync_transport`; `auto` picks by placement and device):
   the engines copy from it, never through the host; `auto` on GPU with `colocate: true`.
 
 Under ZeRO-3 every policy rank takes part in building each bucket (it is gathered from all of them).
-Every collective has a timeout: a missing peer is a `DistributedError`, not a hang.
+Every collective has a timeout: a missing peer is a `DistributedError`, not a hang. The driver's side
+(`WeightSync`) calls the policy and engine actors' sync methods; the functions above are what those
+methods run in the actors.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import datetime
 import math
 from dataclasses import dataclass
 
+import ray
 import torch
 
-from batray.errors import DistributedError
+from batray.errors import BatrayError, DistributedError
 
 TRANSPORTS = ("object_store", "collective", "cuda_ipc")
 
@@ -145,3 +148,72 @@ def share_cuda(flat: torch.Tensor):
 def open_cuda(handle) -> torch.Tensor:
     rebuild, args = handle
     return rebuild(*args)
+
+
+# ---- the driver's side: one call per sync, whatever the transport ----------------------------
+
+
+class WeightSync:
+    """`push(version)` after every update sends the policy's weights to every engine and records `version`
+    on them; `reconnect()` re-forms the broadcast group after an engine was restarted (the other transports
+    need no setup). `policy` and `engines` are `batray.groups.ActorGroup`s. Every wait has the sync timeout."""
+
+    def __init__(self, policy, engines, transport: str, *, backend: str, timeout_s: float):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown weight-sync transport {transport!r} (one of {', '.join(TRANSPORTS)})")
+        self.policy, self.engines, self.transport = policy, engines, transport
+        self.backend, self.timeout_s = backend, timeout_s
+        self.connected = False
+
+    def reconnect(self) -> None:
+        """Before the first push and after an engine restart: check CUDA IPC's placement, or form the
+        broadcast group of policy rank 0 and every engine (the object store needs nothing)."""
+        self.connected = False
+        if self.transport == "cuda_ipc":
+            self._check_same_gpu()
+        elif self.transport == "collective":
+            self._form_group()
+        self.connected = True
+
+    def _form_group(self) -> None:
+        rank0 = self.policy.actors[0]
+        layout = ray.get(rank0.sync_layout.remote(), timeout=self.timeout_s)
+        addr, port = ray.get(rank0.master_address.remote(), timeout=self.timeout_s)
+        world = 1 + len(self.engines)
+        refs = self.policy.call_async("open_sync_group", addr, port, world, self.backend)
+        refs += [e.open_sync_group.remote(addr, port, 1 + i, world, self.backend, layout, self.timeout_s)
+                 for i, e in enumerate(self.engines.actors)]
+        self._wait(refs, "forming the weight-sync group")
+
+    def push(self, version: int) -> None:
+        if not self.connected:
+            self.reconnect()
+        if self.transport == "object_store":
+            buckets = self.policy.call("weight_buckets", timeout_s=self.timeout_s)[0]
+            refs = [e.load_buckets.remote(buckets, version) for e in self.engines.actors]
+        elif self.transport == "collective":
+            refs = self.policy.call_async("broadcast_weights")
+            refs += [e.receive_broadcast.remote(version) for e in self.engines.actors]
+        else:  # cuda_ipc
+            handles = self.policy.call("share_weights", timeout_s=self.timeout_s)[0]
+            refs = [e.load_shared.remote(handles, version) for e in self.engines.actors]
+        self._wait(refs, f"weight sync policy -> {len(self.engines)} rollout engine(s) ({self.transport})")
+
+    def _check_same_gpu(self) -> None:
+        """CUDA IPC shares device memory within one GPU: every engine must sit on policy rank 0's GPU."""
+        def where(_self):
+            ctx = ray.get_runtime_context()
+            return ctx.get_node_id(), tuple(ctx.get_accelerator_ids().get("GPU", []))
+
+        actors = [self.policy.actors[0], *self.engines.actors]
+        places = ray.get([a.__ray_call__.remote(where) for a in actors], timeout=self.timeout_s)
+        if not places[0][1] or any(p != places[0] for p in places[1:]):
+            raise BatrayError("ppo.sync_transport cuda_ipc needs every rollout engine on policy rank 0's GPU "
+                              f"(placements: {places}); use colocate: true with one bundle, or collective")
+
+    def _wait(self, refs: list, what: str) -> None:
+        try:
+            ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.connected = False
+            raise BatrayError(f"{what} did not finish within {self.timeout_s:g}s (ppo.sync_timeout_s)") from None

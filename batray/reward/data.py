@@ -2,7 +2,7 @@
 
 Two input layouts:
 
-- the preferences contract (DESIGN.md §3): `pair_id, prompt, response_a, response_b, d` with d = -1 when
+- the preferences contract (docs/DESIGN.md §3): `pair_id, prompt, response_a, response_b, d` with d = -1 when
   a is preferred, +1 when b is, 0 for a tie; y = response_a, y' = response_b. A row may carry
   `messages` (the dialogue before the responses, ending with a user turn) instead of a bare prompt.
 - the common `chosen`/`rejected` layout: either whole dialogues in Anthropic HH-RLHF's

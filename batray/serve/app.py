@@ -2,7 +2,7 @@
 
 `create_app(served)` builds a FastAPI app around a `ServedModel` (a tokenizer plus a generator, HF or
 vLLM). Every request becomes rows of a `BatchingEngine`, so concurrent clients share batches. Chat
-prompts are rendered with the checkpoint's chat template (BatGPT's format, DESIGN.md §4); plain
+prompts are rendered with the checkpoint's chat template (BatGPT's format, docs/DESIGN.md §4); plain
 completions start with `<|l2r|>` like every left-to-right sequence. Errors use OpenAI's envelope
 (`{"error": {"message", "type", "param", "code"}}`) with 400/401/404 statuses, so the official
 `openai` client raises its usual exceptions.

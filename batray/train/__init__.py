@@ -2,16 +2,16 @@
 
 Public API
 ----------
-Stage entrypoints (in `jobs/`, built on this package):
+The stages built on this package (their inputs are resolved by `batray.stages`, never here):
 
-- `jobs.pretrain.run_pretrain(cfg, out_dir, *, init_from=None, model_overrides=None, max_steps=None,
-  corpus=None) -> str`: Eq. 1 pretraining into `out_dir`; returns `out_dir/final` (an HF folder).
+- `batray.train.pretrain.run_pretrain(cfg, out_dir, *, corpus, init_from=None, model_overrides=None,
+  max_steps=None) -> str`: Eq. 1 pretraining into `out_dir`; returns `out_dir/final` (an HF folder).
   Skips when `out_dir/final` is complete, resumes from `out_dir/ray/` checkpoints otherwise.
   `model_overrides` are GlmConfig fields applied to the preset when starting from scratch (ignored
-  with `init_from`); `max_steps` overrides `cfg.pretrain.max_steps`; `corpus` overrides the data path.
-- `jobs.sft.run_sft(cfg, out_dir, *, init_from, data=None, max_steps=None) -> str`: Eq. 2 instruction
-  tuning from a checkpoint; same skip/resume behaviour; `jobs.sft.default_init_from(cfg)` picks the
-  run's expand/grow/pretrain output.
+  with `init_from`); `max_steps` overrides `cfg.pretrain.max_steps`.
+- `batray.train.sft.run_sft(cfg, out_dir, *, init_from, data, max_steps=None) -> str`: Eq. 2
+  instruction tuning from a checkpoint; same skip/resume behaviour.
+- `batray.reward.stage.run_reward(...)`: Eq. 3's reward model (a `TrainTask` of its own).
 
 Library pieces:
 
@@ -56,9 +56,9 @@ with bf16 when `deepspeed.bf16` is true.
 from batray.train.engine import build_engine, deepspeed_config, lr_factor
 from batray.train.launcher import TrainingFailed, fit
 from batray.train.lm_data import corpus_blocks, pad_sft_sample
-from batray.train.task import CausalLMTask, ModelSource, TrainTask
+from batray.train.task import CausalLMTask, ModelSource, Objective, TrainTask
 
 __all__ = [
-    "CausalLMTask", "ModelSource", "TrainTask", "TrainingFailed", "build_engine", "corpus_blocks",
+    "CausalLMTask", "ModelSource", "Objective", "TrainTask", "TrainingFailed", "build_engine", "corpus_blocks",
     "deepspeed_config", "fit", "lr_factor", "pad_sft_sample",
 ]

@@ -12,6 +12,7 @@ import copy
 import logging
 from pathlib import Path
 
+from batray import hooks
 from batray.checkpoint import is_complete
 from batray.config.base import TrainConfig
 from batray.errors import BatrayError
@@ -27,8 +28,7 @@ class TrainingFailed(BatrayError):
     """A training run stopped with an error; its checkpoints stay, the same command resumes it."""
 
 
-def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict, seed: int = 0,
-        fail_at_step: int | None = None) -> str:
+def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict, seed: int = 0) -> str:
     """Train `task` on `datasets` ("train", optional "eval": Ray Data datasets) into `out_dir`.
 
     Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` when a
@@ -52,11 +52,12 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
+    quiet_ray_data()
     # A deterministic stream is what makes skip-to-position exact on resume.
     DataContext.get_current().execution_options.preserve_order = True
     ingest = copy.deepcopy(DataContext.get_current().execution_options)
     job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
-                  fail_at_step=fail_at_step)
+                  hooks=hooks.carried())
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},
@@ -87,3 +88,12 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
         raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
     return str(final)
 
+
+def quiet_ray_data() -> None:
+    """Our own progress lines replace Ray Data's bars and per-operator chatter, which would interleave with them."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False

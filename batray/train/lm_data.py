@@ -2,7 +2,7 @@
 
 Pretraining: `corpus_blocks` runs inside `Dataset.map_batches` (streamed: no process holds the whole
 corpus). Each text becomes `<|l2r|> x <eos>` and, for the share of texts picked by `r2l_share`, also
-`<|r2l|> reversed(x) <eos>` (DESIGN.md §4), packed into `seq_len` blocks by
+`<|r2l|> reversed(x) <eos>` (docs/DESIGN.md §4), packed into `seq_len` blocks by
 `batray.data.direction.pack_samples`. Which texts are held out and which get a right-to-left copy is
 decided by a stable hash of the text, so the choice is the same on every run and every worker.
 """

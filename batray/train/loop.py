@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from batray import hooks
 from batray.config.base import TrainConfig
 from batray.train.task import TrainTask
 
@@ -44,7 +45,7 @@ class JobSpec:
     out_dir: str  # metrics.jsonl, tb/ and final/ go here (rank 0 writes; a local or shared path)
     seed: int = 0
     has_eval: bool = False
-    fail_at_step: int | None = None  # tests: raise before this step unless resuming (a crash)
+    hooks: list = field(default_factory=list)  # the driver's `batray.hooks.carried()` (tests inject faults)
 
 
 @dataclass
@@ -62,6 +63,7 @@ def train_loop(config: dict) -> None:
 
     job: JobSpec = config["job"]
     task, tc = job.task, job.train
+    hooks.install(job.hooks)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -127,8 +129,7 @@ def train_loop(config: dict) -> None:
             window_start = time.perf_counter()  # checkpoint time is not training throughput
 
     while state.step < tc.max_steps:
-        if job.fail_at_step is not None and not resumed and state.step + 1 >= job.fail_at_step:
-            raise RuntimeError(f"injected failure before step {job.fail_at_step} (fail_at_step)")
+        hooks.fire(hooks.TRAIN_BEFORE_STEP, stage=task.stage, step=state.step + 1, resumed=resumed)
         seen = 0
         for np_batch in batches.next_epoch():
             seen += 1
@@ -154,8 +155,7 @@ def train_loop(config: dict) -> None:
                 log_and_checkpoint()
                 if state.step >= tc.max_steps:
                     break
-                if job.fail_at_step is not None and not resumed and state.step + 1 >= job.fail_at_step:
-                    raise RuntimeError(f"injected failure before step {job.fail_at_step} (fail_at_step)")
+                hooks.fire(hooks.TRAIN_BEFORE_STEP, stage=task.stage, step=state.step + 1, resumed=resumed)
         else:
             if seen == 0:
                 raise RuntimeError(

@@ -11,6 +11,7 @@ Tasks are pickled into `train_loop_config`, so they hold plain data (paths, dict
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
@@ -81,6 +82,13 @@ class ModelSource:
         return build_model(preset_config(self.preset, **self.overrides), seed=self.seed, dtype=dtype)
 
 
+class Objective(str, Enum):
+    """What a causal LM task optimizes (the value is what checkpoints record)."""
+
+    BIDIRECTIONAL_LM = "eq1"  # Eq. 1 on packed l2r/r2l blocks (pretraining)
+    INSTRUCTION = "eq2"  # Eq. 2 on masked, right-padded SFT samples
+
+
 @dataclass
 class CausalLMTask(TrainTask):
     """Causal LM training: Eq. 1 on packed direction blocks, or Eq. 2 on masked SFT samples.
@@ -93,7 +101,7 @@ class CausalLMTask(TrainTask):
     model_source: ModelSource
     tokenizer_dir: str
     stage: str = "pretrain"
-    objective: str = "eq1"  # "eq1" (bidirectional pretraining) or "eq2" (SFT)
+    objective: Objective = Objective.BIDIRECTIONAL_LM
     parent: str | None = None
     config_hash: str | None = None
     extra_meta: dict = field(default_factory=dict)
@@ -102,7 +110,7 @@ class CausalLMTask(TrainTask):
         return self.model_source.build()
 
     def loss(self, model, batch):
-        if self.objective == "eq1":  # packed blocks: segments must not attend to each other
+        if self.objective is Objective.BIDIRECTIONAL_LM:  # packed blocks: segments must not attend to each other
             mask = segment_causal_mask(batch["position_ids"], _attn_implementation(model), _param_dtype(model))
             logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
                            use_cache=False).logits
@@ -121,7 +129,7 @@ class CausalLMTask(TrainTask):
         tokenizer = load_tokenizer(self.tokenizer_dir)
         save_hf_checkpoint(model, tokenizer, out_dir, stage=self.stage, step=step, tokens_seen=tokens_seen,
                            parent=self.parent, config_hash=self.config_hash,
-                           extra={"objective": self.objective, **self.extra_meta})
+                           extra={"objective": self.objective.value, **self.extra_meta})
 
 
 def segment_causal_mask(position_ids: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""`batray experiment hallucination`: do both directions reduce confidently wrong answers?
+"""The hallucination experiment (`batray experiment hallucination`): do both directions reduce confidently
+wrong answers?
 
     batray experiment hallucination [--config FILE] [--run-dir DIR] [--pretrain-steps N] [--sft-steps N]
                                     [--n N] [--weight W] [--limit Q] [key.sub=value ...]
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from batray.config import RecipeConfig
-from jobs.common import init_ray, resolve, setup_logging, stage_parser
+from batray.ray_session import init_ray
 
 log = logging.getLogger("batray.experiment.hallucination")
 
@@ -39,38 +40,6 @@ DEFAULTS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("experiment hallucination",
-                          "held-out/unseen fact questions: plain decoding vs bidirectional reranking, "
-                          "for an Eq. 1 model and a left-to-right-only one")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="pretraining steps of each model")
-    parser.add_argument("--sft-steps", type=int, default=150, help="instruction-tuning steps of each model")
-    parser.add_argument("--n", type=int, default=None, help="candidates per question (default: eval.rerank.n)")
-    parser.add_argument("--weight", type=float, default=None, help="backward share (default: eval.rerank.weight)")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many questions (default: all)")
-    args = parser.parse_args(argv)
-    user = list(args.overrides or [])
-    # the step counts are the stages' max_steps; warm up over at most a tenth of them
-    steps = [f"{stage}.{key}" for stage, n in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps))
-             for key in (f"max_steps={n}", f"optim.warmup_steps={min(10, n // 10)}")]
-    args.overrides = DEFAULTS + steps + user  # the command line's key=value wins
-    if args.n is not None:
-        args.overrides.append(f"eval.rerank.n={args.n}")
-    if args.weight is not None:
-        args.overrides.append(f"eval.rerank.weight={args.weight}")
-    from batray.errors import BatrayError
-
-    for flag in ("pretrain_steps", "sft_steps", "limit"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise BatrayError(f"--{flag.replace('_', '-')} must be >= 1 (got {value})")
-    setup_logging()
-    cfg = resolve(args)
-    results = run_hallucination(cfg, pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps, limit=args.limit)
-    print(results["summary"])
-    print(results["table"])
-    return 0
-
 
 def run_hallucination(cfg: RecipeConfig, *, pretrain_steps: int, sft_steps: int, limit: int | None = None) -> dict:
     """Train both models (reused when already trained), measure them, write results.json and table.md."""
@@ -82,9 +51,9 @@ def run_hallucination(cfg: RecipeConfig, *, pretrain_steps: int, sft_steps: int,
     from batray.models.presets import load_causal_lm
     from batray.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe
     from batray.rollout.engine import SamplingParams
+    from batray.train.pretrain import run_pretrain
+    from batray.train.sft import run_sft
     from batray.train.stage import demo_data_file
-    from jobs.pretrain import run_pretrain
-    from jobs.sft import run_sft
 
     corpus = demo_data_file(cfg, "corpus.jsonl")
     sft_data = demo_data_file(cfg, "sft.jsonl")
@@ -112,7 +81,7 @@ def run_hallucination(cfg: RecipeConfig, *, pretrain_steps: int, sft_steps: int,
         t0 = time.perf_counter()
         pcfg = cfg.pretrain.model_copy(update={"direction": direction})
         run_cfg = cfg.model_copy(update={"pretrain": pcfg})
-        pretrained = run_pretrain(run_cfg, str(out / direction / "pretrain"), max_steps=pretrain_steps, corpus=corpus)
+        pretrained = run_pretrain(run_cfg, str(out / direction / "pretrain"), corpus=corpus, max_steps=pretrain_steps)
         tuned = run_sft(run_cfg, str(out / direction / "sft"), init_from=pretrained, data=sft_data, max_steps=sft_steps)
         t1 = time.perf_counter()
         torch.manual_seed(cfg.seed)

@@ -1,9 +1,14 @@
 """One small actor-group abstraction reused by every role (the shape of OpenRLHF's launcher).
 
 An `ActorGroup` is N actors of one class placed on bundles of a placement group; `call` runs a
-method on all of them and gathers the results. Roles that share a placement group (colocation) pass
-the same `pg` with fractional resources. `setup_process_group` joins the N actors into one
-torch.distributed group (gloo on CPU, NCCL on GPU) through `batray.distributed`.
+method on all of them and gathers the results; `map_unordered` hands items to whichever actor is
+idle and returns the results in item order (eval's scorers, label's judges, expand's shard writers).
+Roles that share a placement group (colocation) pass the same `pg` with fractional resources.
+`setup_process_group` joins the N actors into one torch.distributed group (gloo on CPU, NCCL on
+GPU) through `batray.distributed`.
+
+The library places actors but never imports them: the actor classes (in `actors/`) are handed in
+by the caller, the way verl's trainer takes its role -> worker mapping (`batray.stages.ActorKit`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from batray.errors import BatrayError
+from batray.progress import Progress
 
 
 def make_placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", timeout_s: float = 120.0,
@@ -105,10 +111,63 @@ class ActorGroup:
         addr, port = ray.get(self.actors[0].master_address.remote())
         ray.get([a.join_process_group.remote(addr, port, backend, timeout_s) for a in self.actors])
 
+    def map_unordered(self, method: str, items: Sequence, *, call_args: Callable[[Any], tuple[tuple, dict]] | None = None,
+                      on_result: Callable[[int, Any, Any], None] | None = None, progress: Progress | None = None,
+                      weight: Callable[[Any], int] = lambda item: 1) -> list:
+        """`method` over `items`, each item handed to whichever actor is idle; results in item order.
+
+        call_args(item) -> (args, kwargs) of the call (default: the item alone), made when the item is
+        dispatched; on_result(index, item, result) runs as each result arrives (to save partial output);
+        progress advances by weight(item) per finished item. An actor's failure stops the map with one
+        line naming the group and the remote cause (a `BatrayError` raised remotely is re-raised as is).
+        """
+        call_args = call_args or (lambda item: ((item,), {}))
+        results: list = [None] * len(items)
+        pending: dict = {}  # ref -> (actor, index)
+        idle = list(self.actors)
+        next_item, done = 0, 0
+        try:
+            while next_item < len(items) or pending:
+                while idle and next_item < len(items):
+                    actor = idle.pop()
+                    args, kwargs = call_args(items[next_item])
+                    pending[getattr(actor, method).remote(*args, **kwargs)] = (actor, next_item)
+                    next_item += 1
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                actor, index = pending.pop(ready[0])
+                results[index] = self._get(ready[0], method)
+                idle.append(actor)
+                if on_result is not None:
+                    on_result(index, items[index], results[index])
+                done += weight(items[index])
+                if progress is not None:
+                    progress.update(done)
+        finally:
+            if pending:
+                for ref in pending:
+                    ray.cancel(ref, force=False)
+        return results
+
+    def _get(self, ref, method: str):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, BatrayError):
+                raise e.cause from None
+            raise BatrayError(f"{self.name}.{method} failed: {remote_error_line(e)}") from None
+        except ray.exceptions.RayActorError as e:
+            raise BatrayError(f"{self.name}: an actor died during {method}: {remote_error_line(e)}") from None
+
     def kill(self) -> None:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+
+
+def remote_error_line(err: Exception) -> str:
+    """The last line of a remote traceback (the original exception), else the first line."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
 
 
 def busy(method: Callable) -> Callable:

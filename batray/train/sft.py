@@ -1,0 +1,69 @@
+"""Instruction tuning (§3.2, Eq. 2) as a Ray Train job (`batray sft`), from a pretrained checkpoint.
+
+Rows are `prompt`/`response` pairs or multi-turn `messages`, rendered with the model's chat template;
+the loss is on the last assistant turn (`sft.loss_on: all` for every assistant turn); long
+conversations lose their oldest turns first, never the response. Writes `out_dir/` as pretraining does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from batray.checkpoint import is_complete
+from batray.config import RecipeConfig, join_uri
+from batray.data.io import read_rows, write_rejected
+from batray.data.sft import SampleError, build_sft_sample, normalize_messages
+from batray.errors import DataError
+from batray.ray_session import init_ray
+from batray.train.launcher import fit
+from batray.train.lm_data import is_held_out, pad_sft_sample
+from batray.train.stage import prepare_tokenizer, with_max_steps
+from batray.train.task import CausalLMTask, ModelSource, Objective
+
+log = logging.getLogger("batray.sft")
+
+
+def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str, max_steps: int | None = None) -> str:
+    """Train (or resume, or skip when complete) Eq. 2 into `out_dir` from `init_from`; returns `out_dir/final`.
+
+    data: SFT rows (`messages`, or `prompt` + `response`).
+    """
+    import ray.data
+
+    final = join_uri(out_dir, "final")
+    if is_complete(final):
+        log.info("sft: %s is complete, skipping", final)
+        return final
+    scfg = with_max_steps(cfg.sft, max_steps)
+    rows, report = read_rows(data, "sft")
+    tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, None, init_from)
+    train_rows, eval_rows, truncated = [], [], 0
+    for row in rows:
+        try:
+            messages = normalize_messages(row)
+            sample = build_sft_sample(tokenizer, messages, scfg.seq_len, scfg.loss_on)
+        except SampleError as e:
+            report.rejected.append({"reason": str(e), "row": row})
+            continue
+        truncated += sample.dropped_turns > 0
+        padded = {k: np.asarray(v, dtype=np.int32)  # fixed-shape tensor columns in Ray Data
+                  for k, v in pad_sft_sample(sample.input_ids, sample.labels, scfg.seq_len, tokenizer.pad_token_id).items()}
+        key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        (eval_rows if is_held_out(key, cfg.data.held_out_fraction, cfg.seed) else train_rows).append(padded)
+    log.info("%s; %d truncated from the oldest turns; %d train / %d held out", report.summary(f"sft data {data}"),
+             truncated, len(train_rows), len(eval_rows))
+    write_rejected(report, join_uri(out_dir, "rejected_sft.jsonl"))
+    if not train_rows:
+        raise DataError(f"sft data {data}: no usable samples ({report.summary('sft')})")
+
+    init_ray(cfg)
+    datasets = {"train": ray.data.from_items(train_rows)}
+    if eval_rows:
+        datasets["eval"] = ray.data.from_items(eval_rows[: scfg.eval_batches * scfg.micro_batch_size])
+    source = ModelSource(path=init_from, seed=cfg.seed, dtype=cfg.model.dtype, vocab_size=len(tokenizer))
+    task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
+                        parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data})
+    return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed)
