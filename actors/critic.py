@@ -39,7 +39,7 @@ class CriticActor(DistributedWorker):
     def values(self, batch: dict) -> torch.Tensor:
         self.trainer.wake()  # ppo.offload_between_phases
         self.trainer.eval()
-        return train.batch_values(self.trainer.module, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+        return train.batch_values(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     @busy
     def train(self, experience: dict, seed: int) -> dict[str, float]:

@@ -16,10 +16,17 @@ import torch
 from batray.data.direction import IGNORE_INDEX
 from batray.models.presets import build_model, preset_config
 from batray.models.tokenizer import direction_ids
-from batray.objectives.lm import bidirectional_lm_loss, eq1_log_likelihood, lm_metrics, sft_loss, token_nll
+from batray.objectives.lm import (
+    bidirectional_lm_loss,
+    eq1_log_likelihood,
+    lm_metrics,
+    segment_causal_mask,
+    sft_loss,
+    token_nll,
+)
 from batray.train.engine import lr_factor
 from batray.train.lm_data import corpus_blocks, stable_fraction
-from batray.train.task import CausalLMTask, ModelSource, segment_causal_mask
+from batray.train.task import CausalLMTask, ModelSource
 
 TEXTS = ["The capital of Veloria is Marnet.", "马尔内是维洛里亚的首都。", "Ada Quill works in Marnet.",
          "Question: What is the capital of Veloria? Answer: Marnet."]

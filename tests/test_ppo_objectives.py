@@ -95,9 +95,9 @@ def test_policy_loss_clipping_and_dual_clip():
     # dual clip c=2: negative-advantage tokens bounded by -A*c: token 3: min(3.0, 2.0) = 2.0; token 2: min(2.2, 4) = 2.2
     dual, _ = P.policy_loss(logp, old, adv, mask, clip_range=0.2, dual_clip=2.0)
     assert dual.item() == pytest.approx(torch.tensor([-1.2, -0.5, 2.2, 2.0]).mean().item())
-    # approx KL (k3 of old vs new): mean over tokens of (1/r - 1 + log r)
+    # approx KL(pi_old || pi) (k3 under samples from pi_old): mean over tokens of (r - 1 - log r), r = pi / pi_old
     r = torch.tensor([1.5, 0.5, 1.1, 3.0])
-    assert stats["approx_kl"].item() == pytest.approx((1 / r - 1 + r.log()).mean().item(), rel=1e-5)
+    assert stats["approx_kl"].item() == pytest.approx((r - 1 - r.log()).mean().item(), rel=1e-5)
     # masked tokens do not count
     masked, _ = P.policy_loss(logp, old, adv, torch.tensor([[1.0, 1.0, 0.0, 0.0]]), clip_range=0.2)
     assert masked.item() == pytest.approx((-1.2 - 0.5) / 2)
@@ -133,3 +133,85 @@ def test_eq4_combination():
     assert P.eq4_policy_loss(ppo_loss, ptx, 0.1).item() == pytest.approx(0.95)
     assert P.eq4_policy_loss(ppo_loss, ptx, 0.0).item() == pytest.approx(0.7)
     assert P.eq4_policy_loss(ppo_loss, None, 0.5).item() == pytest.approx(0.7)
+
+
+def test_approx_kl_estimates_kl_old_to_new_under_old_samples():
+    """The logged approx_kl is KL(pi_old || pi) for tokens drawn from pi_old (the rollout policy):
+    exactly in expectation, and within Monte-Carlo error on a sample."""
+    old = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    new = torch.tensor([0.2, 0.3, 0.3, 0.2])
+    kl_old_new = float((old * (old / new).log()).sum())  # 0.296
+    kl_new_old = float((new * (new / old).log()).sum())  # 0.383: a wrong direction would show
+    per_token = P.approx_kl(new.log(), old.log())  # logp (new), old_logp, for each token value
+    assert float((old * per_token).sum()) == pytest.approx(kl_old_new, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x = torch.multinomial(old, 200_000, replacement=True, generator=g)
+    samples = P.approx_kl(new.log()[x], old.log()[x])
+    mc, stderr = float(samples.mean()), float(samples.std()) / len(x) ** 0.5
+    assert abs(mc - kl_old_new) < 4 * stderr and stderr < 0.002
+    assert abs(mc - kl_new_old) > 20 * stderr and (samples >= 0).all()
+    # through policy_loss, the logged stat is the token mean of the same estimate
+    _, stats = P.policy_loss(new.log()[x][None], old.log()[x][None], torch.zeros(1, len(x)), torch.ones(1, len(x)), 0.2)
+    assert float(stats["approx_kl"]) == pytest.approx(mc, rel=1e-5)
+
+
+L = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0], [7.0, 7.0, 7.0, 7.0]])
+LM = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+
+
+def test_loss_aggregation_modes_by_hand():
+    # row 2 has no response tokens: it counts neither as a token nor as a sequence
+    assert P.agg_loss(L, LM, "token_mean").item() == pytest.approx((10 + 30 + 21) / 9)
+    assert P.agg_loss(L, LM, "seq_mean_token_mean").item() == pytest.approx((2.5 + 15 + 7) / 3)
+    assert P.agg_loss(L, LM, "seq_mean_token_sum").item() == pytest.approx((10 + 30 + 21) / 3)
+    assert P.loss_agg_count(LM, "token_mean").item() == 9 and P.loss_agg_count(LM, "seq_mean_token_sum").item() == 3
+    assert P.LOSS_AGG_MODES == ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")  # verl's names
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        P.agg_loss(L, LM, "token_sum")
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_micro_batches_with_the_minibatch_count_add_up_to_one_batch(mode):
+    """Uneven lengths: the four micro batches' losses, each over the whole minibatch's count, sum to the
+    loss of the sixteen rows at once; for token_mean the equal-weight mean of the micro batches' own
+    means does not (equal-size micro batches of non-empty rows make it exact for the sequence means)."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([7, 6, 7, 5, 1, 2, 1, 3, 6, 7, 4, 7, 2, 1, 2, 1])
+    mask = (torch.arange(8)[None] < lengths[:, None]).float()
+    losses = torch.randn(16, 8, generator=g)
+    whole = P.agg_loss(losses, mask, mode)
+    count = P.loss_agg_count(mask, mode)
+    parts = [P.agg_loss(losses[i : i + 4], mask[i : i + 4], mode, count) for i in range(0, 16, 4)]
+    assert float(sum(parts)) == pytest.approx(float(whole), rel=1e-6)
+    if mode == "token_mean":
+        naive = sum(P.agg_loss(losses[i : i + 4], mask[i : i + 4], mode) for i in range(0, 16, 4)) / 4
+        assert abs(float(naive) - float(whole)) > 1e-2
+
+
+def test_clamps_are_off_by_default_and_bound_when_set():
+    from batray.config.rl import PpoConfig
+
+    cfg = PpoConfig()
+    assert cfg.kl_clamp is None and cfg.log_ratio_clamp is None and cfg.loss_agg == "token_mean"
+    logp, ref = torch.tensor([-40.0, -1.0]), torch.tensor([-10.0, -1.5])  # log(pi/pi_inst) = -30, 0.5
+    # off: k3 = e^30 - 1 - 30 on the first token, as the formula says
+    assert P.kl_penalty(logp, ref, "k3")[0].item() == pytest.approx(math.expm1(30.0) - 30.0, rel=1e-5)
+    # verl's bounds: log-ratio to [-20, 20] inside the estimator, then the estimate to [-10, 10]
+    inside = P.kl_penalty(logp, ref, "k3", log_ratio_clamp=20.0)
+    assert inside[0].item() == pytest.approx(math.expm1(20.0) - 20.0, rel=1e-5)
+    both = P.kl_penalty(logp, ref, "k3", log_ratio_clamp=20.0, kl_clamp=10.0)
+    assert both[0].item() == 10.0
+    assert both[1].item() == pytest.approx(math.expm1(-0.5) + 0.5)  # small log-ratios are untouched
+    assert P.kl_penalty(logp, ref, "k1", log_ratio_clamp=20.0)[0].item() == -20.0
+    assert P.kl_penalty(logp, ref, "k1", kl_clamp=10.0)[0].item() == -10.0
+    # the PPO ratio: exp(log pi - log pi_old) with the log-ratio bounded first
+    new, old = torch.tensor([[0.0]]), torch.tensor([[-50.0]])
+    adv, mask = torch.tensor([[-1.0]]), torch.ones(1, 1)
+    unbounded, _ = P.policy_loss(new, old, adv, mask, clip_range=0.2)
+    bounded, _ = P.policy_loss(new, old, adv, mask, clip_range=0.2, log_ratio_clamp=20.0)
+    assert unbounded.item() == pytest.approx(math.exp(50.0), rel=1e-5)  # -A * r for A < 0, unclipped side
+    assert bounded.item() == pytest.approx(math.exp(20.0), rel=1e-5)
+    with pytest.raises(ValueError):
+        PpoConfig(kl_clamp=0.0)
+    with pytest.raises(ValueError):
+        PpoConfig(loss_agg="token_sum")

@@ -1,4 +1,5 @@
-"""The pure PPO helpers in batray/ppo: batch layout, data positions, experience, checkpoints, model side."""
+"""The pure PPO helpers in batray/ppo: batch layout, data positions, experience, checkpoints, model side,
+and the update loops (the ptx mask, loss aggregation over micro batches, gradient norms under ZeRO 0-3)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from batray.ppo.batch import Sample, collate, minibatches, response_slice, shard
 from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
 from batray.ppo.reward import token_fraction_reward
+from batray.ppo.trainer import LocalTrainer
 
 PAD = 0
 
@@ -194,3 +196,186 @@ def test_config_and_input_errors_are_one_line(tmp_path):
     with pytest.raises(BatrayError, match="policy_init .* is not a checkpoint folder"):
         run_ppo(cfg, str(tmp_path), policy_init=str(tmp_path / "missing"), reward_model=str(tmp_path), prompts="p.jsonl",
                 kit=kit())
+
+
+# ---- the update loops: Eq. 4's pretraining term, loss aggregation, gradient norms ----------------
+
+RESPONSE_LENGTHS = [7, 6, 7, 5, 6, 7, 4, 7, 1, 2, 1, 3, 2, 1, 2, 1]  # rows 0-7 long, 8-15 short: shards differ
+
+
+def test_ptx_segments_do_not_attend_to_each_other(tiny_checkpoint, tiny_tokenizer, tmp_path):
+    """Eq. 4's lambda_ptx term sees packed blocks as pretraining does: changing only the first segment of a
+    block moves nothing in the segments after it (by exactly 0)."""
+    from batray.data.direction import IGNORE_INDEX
+    from batray.models.presets import load_causal_lm
+    from batray.ppo.train import ptx_loss
+
+    path = tmp_path / "corpus.jsonl"
+    texts = ["Marnet is the capital of Veloria.", "Ada Quill works as a cartographer in Marnet."]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    block = PtxStream.from_file(str(path), tiny_tokenizer, seed=0, block_len=96).next_blocks(1)
+    starts = (block["position_ids"][0] == 0).nonzero().flatten().tolist()
+    first, second = slice(starts[0], starts[1]), slice(starts[1], starts[2])
+    assert second.stop - second.start > 5 and len(starts) > 4  # l2r and r2l of both texts, then padding
+    block["labels"][0, first] = IGNORE_INDEX  # the loss counts only the segments after the first
+    changed = {k: v.clone() for k, v in block.items()}
+    body = slice(first.start + 1, first.stop)  # keep the marker, change every other token of segment 1
+    changed["input_ids"][0, body] = (changed["input_ids"][0, body] + 7) % len(tiny_tokenizer)
+    model = load_causal_lm(tiny_checkpoint).eval()
+    with torch.no_grad():
+        assert ptx_loss(model, changed).item() == ptx_loss(model, block).item()
+        from batray.ppo.train import ptx_logits
+
+        a, b = ptx_logits(model, block)[0], ptx_logits(model, changed)[0]
+    assert (a[second.start :] - b[second.start :]).abs().max().item() == 0.0
+    assert (a[first] - b[first]).abs().max().item() > 1e-3  # the change itself did reach the model
+
+
+def _experience(tokenizer, model, critic, n: int = 16, seed: int = 0) -> dict:
+    """A rollout batch of uneven response lengths with PPO's experience fields filled in."""
+    from batray.ppo.train import batch_values, response_logprobs
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    samples = []
+    for i in range(n):
+        prompt = torch.randint(10, vocab, (2 + i % 3,), generator=g).tolist()
+        r = RESPONSE_LENGTHS[i % len(RESPONSE_LENGTHS)]
+        samples.append(Sample(prompt, torch.randint(10, vocab, (r,), generator=g).tolist(), [0.0] * r))
+    b = collate(samples, tokenizer.pad_token_id)
+    mask = b["response_mask"]
+    logp = response_logprobs(model, b, n)
+    b["old_logprobs"] = (logp + 0.3 * torch.randn(logp.shape, generator=g)) * mask  # some ratios get clipped
+    b["advantages"] = torch.randn(mask.shape, generator=g) * mask
+    b["old_values"] = batch_values(critic, b, n)
+    b["returns"] = (b["old_values"] + torch.randn(mask.shape, generator=g)) * mask
+    return b
+
+
+class GradRecordingTrainer(LocalTrainer):
+    """LocalTrainer that keeps a copy of the accumulated gradient at each step (to compare update schedules)."""
+
+    def __init__(self, model, lr):
+        super().__init__(model, lr=lr, grad_clip=1.0)
+        self.grads = []
+
+    def step(self):
+        self.grads.append(torch.cat([p.grad.flatten() for p in self.module.parameters()]).clone())
+        return super().step()
+
+
+def _by_hand(model, experience, cfg, policy: bool) -> tuple[torch.Tensor, float]:
+    """Gradient and its norm of the minibatch as one batch: the loss over all rows at once."""
+    from batray.objectives.ppo import policy_loss, token_logprobs, value_loss
+    from batray.ppo.train import response_logits, token_values
+
+    model.zero_grad(set_to_none=True)
+    mask = experience["response_mask"]
+    if policy:
+        logp = token_logprobs(response_logits(model, experience), experience["response_ids"])
+        loss, _ = policy_loss(logp, experience["old_logprobs"], experience["advantages"], mask, cfg.clip_range,
+                              loss_agg=cfg.loss_agg)
+    else:
+        values = token_values(model, experience)
+        loss, _ = value_loss(values, experience["old_values"], experience["returns"], mask, cfg.value_clip,
+                             loss_agg=cfg.loss_agg)
+        loss = cfg.value_coef * loss
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
+    model.zero_grad(set_to_none=True)
+    return grad, float(grad.norm())
+
+
+@pytest.mark.parametrize("loss_agg", [None, "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_micro_batches_give_the_gradient_of_one_batch(tiny_checkpoint, tiny_tokenizer, loss_agg):
+    """16 rows of uneven lengths as 1 x 16 or 4 x 4 micro batches: the same gradient, the one of the 16 rows
+    taken at once (policy and critic; None is the default, token_mean); the logged norm is its norm."""
+    from batray.models.presets import load_causal_lm
+    from batray.ppo.train import critic_update, policy_update
+    from batray.reward.model import build_reward_model
+
+    extra = {} if loss_agg is None else {"loss_agg": loss_agg}
+    policy = load_causal_lm(tiny_checkpoint)
+    critic, _ = build_reward_model(tiny_checkpoint, tiny_tokenizer, seed=0)
+    exp = _experience(tiny_tokenizer, policy, critic)
+    for update, model, is_policy in ((policy_update, policy, True), (critic_update, critic, False)):
+        grads, norms = [], []
+        for micro in (16, 4):
+            cfg = PpoConfig(rollout_batch_size=16, micro_batch_size=micro, **extra)
+            start = {k: v.clone() for k, v in model.state_dict().items()}
+            trainer = GradRecordingTrainer(model, lr=1e-3)
+            args = (trainer, exp, None, cfg, 0) if is_policy else (trainer, exp, cfg, 0)
+            stats = update(*args)
+            grads.append(trainer.grads[0])
+            norms.append(stats["policy_grad_norm" if is_policy else "critic_grad_norm"])
+            model.load_state_dict(start)
+        hand, hand_norm = _by_hand(model, exp, PpoConfig(**extra), is_policy)
+        for grad, norm in zip(grads, norms):
+            assert torch.allclose(grad, hand, rtol=1e-4, atol=1e-7 * float(hand.abs().max()))
+            assert norm == pytest.approx(hand_norm, rel=1e-4)
+
+
+def _ranks_grad_norms(rank: int, port: int, checkpoint: str, shard: dict, queue) -> None:
+    """One of two gloo ranks: DeepSpeedTrainer at each ZeRO stage, one policy and one critic update on this
+    rank's shard (2 micro batches of 4); puts {stage: (policy_grad_norm, critic_grad_norm)}."""
+    import os
+
+    from batray.distributed import init_process_group
+    from batray.models.presets import load_causal_lm
+    from batray.models.tokenizer import load_tokenizer
+    from batray.ppo.train import critic_update, policy_update
+    from batray.ppo.trainer import DeepSpeedTrainer
+    from batray.reward.model import build_reward_model
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_process_group(rank, 2, "127.0.0.1", port, backend="gloo", timeout_s=60)
+    tokenizer = load_tokenizer(checkpoint)
+    out = {}
+    for stage in (0, 1, 2, 3):
+        cfg = PpoConfig(rollout_batch_size=16, micro_batch_size=4, policy={"num_actors": 2}, critic={"num_actors": 2},
+                        deepspeed={"zero_stage": stage})
+        policy = DeepSpeedTrainer(load_causal_lm(checkpoint), lr=1e-3, cfg=cfg, world_size=2)
+        p = policy_update(policy, shard, None, cfg, seed=0)["policy_grad_norm"]
+        critic_model, _ = build_reward_model(checkpoint, tokenizer, seed=0)
+        critic = DeepSpeedTrainer(critic_model, lr=1e-3, cfg=cfg, world_size=2)
+        c = critic_update(critic, shard, cfg, seed=0)["critic_grad_norm"]
+        out[stage] = (p, c)
+        del policy, critic
+    queue.put((rank, out))
+
+
+def test_grad_norms_are_the_global_norm_under_every_zero_stage(tiny_checkpoint, tiny_tokenizer):
+    """Two gloo ranks under DeepSpeed, ZeRO 0-3, each with half of a 16-row minibatch (the halves differ in
+    token count): both roles log the norm of the gradient of the whole minibatch as one batch (token_mean
+    over all 16 rows, the count all-reduced), before clipping, as a number."""
+    import math
+    import multiprocessing
+
+    from batray.distributed import free_port
+    from batray.models.presets import load_causal_lm
+    from batray.reward.model import build_reward_model
+
+    policy = load_causal_lm(tiny_checkpoint)
+    critic, _ = build_reward_model(tiny_checkpoint, tiny_tokenizer, seed=0)
+    exp = _experience(tiny_tokenizer, policy, critic)
+    cfg = PpoConfig()
+    _, policy_norm = _by_hand(policy, exp, cfg, True)
+    _, critic_norm = _by_hand(critic, exp, cfg, False)
+    assert policy_norm > 1.0 and critic_norm > 1.0  # above grad_clip: a clipped norm would not match
+    port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ranks_grad_norms, args=(r, port, tiny_checkpoint, part, queue))
+             for r, part in enumerate(shard(exp, 2))]
+    for proc in procs:
+        proc.start()
+    try:
+        results = dict(queue.get(timeout=300) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+    for rank in (0, 1):
+        for stage, (p, c) in results[rank].items():
+            assert isinstance(p, float) and math.isfinite(p) and isinstance(c, float) and math.isfinite(c)
+            assert p == pytest.approx(policy_norm, rel=1e-4), (rank, stage)
+            assert c == pytest.approx(critic_norm, rel=1e-4), (rank, stage)

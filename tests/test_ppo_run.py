@@ -75,31 +75,59 @@ def _comparable(row: dict) -> dict:
     return {k: v for k, v in row.items() if not (k in UNTIMED or k.startswith("time_") or k.endswith("_per_s"))}
 
 
-def test_reward_rises_with_bounded_kl(ray_session, tiny_checkpoint, ppo_data, tmp_path):
-    """`batray ppo` through its CLI entry: 24 steps of a rule reward the tiny policy can learn.
+# What makes the tiny policy learn fast and the same way on every trajectory: 64 rollouts a step (the
+# gradient's noise, not its signal, sets how far the policy drifts), 4-token responses (each token is a
+# quarter of the reward, not an eighth: a clearer credit per token) and lambda_KL = 0.15, where the reward
+# levels off (~0.37) with the KL well inside its bound (~0.5 nat/token).
+RISE = ["ppo.rollout_batch_size=64", "ppo.sampling.max_new_tokens=4", "ppo.kl_coef=0.15", "ppo.steps=28",
+        "ppo.ckpt_every=14"]
+RISE_BAR = 0.12  # about half the worst of 8 measured runs (0.223), 6 sd below it
 
-    Measured with lambda_KL = 0.1: mean reward 0.16 -> 0.30 (first vs last 6 steps), KL at most 0.53 nats
-    per token, ptx loss 4.98 -> 0.96. With lambda_KL = 0.02 the reward rose further (0.20 -> 0.79) but the
-    KL reached 2.83 nats per token: the penalty is what bounds it.
+
+def test_reward_rises_with_bounded_kl(ray_session, tiny_checkpoint, ppo_data, tmp_path):
+    """`batray ppo` through its CLI entry: 28 steps of a rule reward the tiny policy can learn.
+
+    The rise is the mean reward of the last quarter (7 steps) minus that of the first two steps (the initial
+    policy's rollouts, and one update later); the reward plateaus after ~12 steps. Measured on an AMD EPYC
+    (2 cores), one run per ppo.seed (S) and init of the tiny model (I), these settings:
+
+        S  I   reward first 2 -> last 7   rise    max KL/token   ptx loss first 4 -> last 4
+        0  0        0.141 -> 0.379         0.239      0.577           4.91 -> 0.65
+        1  0        0.118 -> 0.376         0.258      0.580           4.85 -> 0.57
+        2  0        0.113 -> 0.365         0.252      0.553           4.80 -> 0.53
+        3  0        0.098 -> 0.372         0.274      0.502           4.88 -> 0.51
+        4  0        0.100 -> 0.350         0.251      0.752           4.83 -> 0.59
+        0  1        0.137 -> 0.360         0.223      0.537           4.91 -> 0.58
+        1  1        0.130 -> 0.381         0.251      0.574           4.97 -> 0.63
+        2  1        0.109 -> 0.339         0.230      0.539           4.79 -> 0.50
+
+    Rise 0.247 +- 0.016 (mean +- sd, 8 runs), worst 0.223, i.e. 14 sd above 0; the bar (0.12) is 6 sd below
+    the worst run. KL stays under 0.76 nat per token. The rise is PPO's: with lambda_ptx = 0 (I = 0, 5 seeds)
+    it is 0.203-0.239 at KL <= 0.42. The earlier settings (16 rollouts of 8 tokens, lambda_KL = 0.1, 24
+    steps) rose 0.06-0.21 over seeds, and without the ptx term only 0.01-0.04: the corpus the ptx term
+    teaches is the target text, so that rise was mostly lambda_ptx, not PPO. With lambda_KL = 0.05 (32
+    rollouts of 8 tokens) the KL ran to 4.6-5.7 nats per token: the penalty is what bounds it.
     """
     from jobs.ppo import main
 
     rc = main([
-        "--run-dir", str(tmp_path), *BASE, "ppo.kl_coef=0.1", "ppo.steps=24", "ppo.ckpt_every=12",
+        "--run-dir", str(tmp_path), *BASE, *RISE,
         f"ppo.policy_init={tiny_checkpoint}", f"ppo.prompts={ppo_data / 'prompts.jsonl'}",
         f"ppo.ptx_data={ppo_data / 'corpus.jsonl'}",
     ])
     assert rc == 0
     rows = read_metrics(tmp_path / "ppo")
-    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert [r["step"] for r in rows] == list(range(1, 29))
     reward = [r["reward"] for r in rows]
-    first, last = sum(reward[:6]) / 6, sum(reward[-6:]) / 6
-    assert last > first + 0.08, f"reward did not rise: {first:.3f} -> {last:.3f}"
+    first, last = sum(reward[:2]) / 2, sum(reward[-7:]) / 7
+    assert last > first + RISE_BAR, f"reward did not rise: {first:.3f} -> {last:.3f}"
     # KL against the reference stays bounded (under 1 nat per response token, every step)
     assert max(r["kl_per_token"] for r in rows) < 1.0
     # lambda_ptx keeps the pretraining loss from drifting up while the policy chases the reward
     ptx = [r["ptx_loss"] for r in rows]
     assert sum(ptx[-4:]) / 4 <= sum(ptx[:4]) / 4 * 1.02
+    # gradient norms are real numbers (before clipping), not DeepSpeed's missing value
+    assert all(isinstance(r[k], float) and r[k] > 0 for r in rows for k in ("policy_grad_norm", "critic_grad_norm"))
     for key in ("entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance", "response_length",
                 "rollout_logprob_diff_mean", "time_generate", "time_score", "time_train", "time_sync"):
         assert all(key in r for r in rows), key
@@ -108,7 +136,7 @@ def test_reward_rises_with_bounded_kl(ray_session, tiny_checkpoint, ppo_data, tm
     final = tmp_path / "ppo" / "final"
     assert is_complete(final) and (final / "tokenizer.json").is_file()
     assert (tmp_path / "ppo" / "tb").is_dir()
-    assert (tmp_path / "ppo" / "ckpt" / "latest").read_text().strip() == "step_000024"
+    assert (tmp_path / "ppo" / "ckpt" / "latest").read_text().strip() == "step_000028"
 
 
 class Interrupted(Exception):

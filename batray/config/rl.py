@@ -188,6 +188,15 @@ class PpoConfig(Schema):
     # Eq. 4 terms
     kl_coef: float = Field(default=0.05, ge=0, description="lambda_KL")
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_clamp: float | None = Field(
+        default=None, gt=0,
+        description="bound on the per-token KL estimate of Eq. 4's penalty, [-c, c]; null: none (verl bounds k3 at 10)",
+    )
+    log_ratio_clamp: float | None = Field(
+        default=None, gt=0,
+        description="bound on log-ratios before exp(): log(pi/pi_old) in the PPO ratio and log(pi/pi_inst) in the KL "
+        "estimators, [-c, c]; null: none (verl uses 20)",
+    )
     adaptive_kl: bool = False
     kl_target: float = Field(default=6.0, gt=0)
     kl_horizon: int = Field(default=10000, ge=1)
@@ -201,6 +210,12 @@ class PpoConfig(Schema):
     dual_clip: float | None = Field(default=None, gt=1)
     value_clip: float | None = Field(default=0.2, gt=0)
     value_coef: float = Field(default=0.5, ge=0)
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field(
+        default="token_mean",
+        description="per-token policy/value losses -> one loss per minibatch (verl's names): token_mean over all "
+        "response tokens of the minibatch (all ranks), seq_mean_token_mean (each sequence weighs the same), "
+        "seq_mean_token_sum (a sequence weighs by its length); micro batches and ranks add up to the same gradient",
+    )
     reward_clip: float = Field(default=5.0, gt=0)
     normalize_reward: bool = True
     # roles (docs/DESIGN.md §5)

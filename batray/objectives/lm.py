@@ -27,6 +27,37 @@ from batray.data.direction import IGNORE_INDEX
 DIRECTIONS = ("l2r", "r2l")
 
 
+def segment_causal_mask(position_ids: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
+    """4D attention mask (B, 1, T, T) for packed blocks: causal within a segment, nothing across.
+
+    A segment starts wherever position_ids is 0 (`pack_samples` restarts positions per segment; each
+    pad is a one-token segment). transformers uses a 4D mask as given: boolean (True = attend) for
+    SDPA, additive (0 / dtype min) for eager attention.
+    """
+    segment = (position_ids == 0).cumsum(-1)  # (B, T)
+    same = segment[:, :, None] == segment[:, None, :]
+    t = position_ids.size(-1)
+    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (same & causal)[:, None, :, :]
+    if attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def packed_mask_for(model, position_ids: torch.Tensor) -> torch.Tensor:
+    """`segment_causal_mask` in the form `model` (an HF model, or an engine that wraps one in `.module`)
+    reads: the one mask every packed Eq. 1 forward uses (pretraining, and PPO's lambda_ptx term)."""
+    inner = getattr(model, "module", model)
+    return segment_causal_mask(position_ids, getattr(inner.config, "_attn_implementation", None),
+                               next(inner.parameters()).dtype)
+
+
+def packed_lm_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a packed block (B, T, V): every segment attends only to itself, causally."""
+    return model(input_ids=input_ids, position_ids=position_ids, attention_mask=packed_mask_for(model, position_ids),
+                 use_cache=False).logits
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood of next-token prediction (HF convention: labels unshifted).
 

@@ -57,36 +57,52 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 # ---- the KL term of Eq. 4 ---------------------------------------------------------------------
 
 
-def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+def clamp_log_ratio(log_ratio: torch.Tensor, bound: float | None) -> torch.Tensor:
+    """A log-ratio of two policies' token probabilities clamped to [-bound, bound] (None: as is).
+
+    verl bounds it at 20 so that exp() of a token the new policy all but rules out stays finite.
+    """
+    return log_ratio if bound is None else log_ratio.clamp(-bound, bound)
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor, log_ratio_clamp: float | None = None) -> torch.Tensor:
     """k1 = log pi(y_t) - log pi_inst(y_t): Eq. 4's log-ratio itself (unbiased, can be negative)."""
-    return logp - ref_logp
+    return clamp_log_ratio(logp - ref_logp, log_ratio_clamp)
 
 
-def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor, log_ratio_clamp: float | None = None) -> torch.Tensor:
     """k2 = 1/2 (log pi - log pi_inst)^2 (Schulman's k2: biased, low variance, non-negative)."""
-    return 0.5 * (logp - ref_logp) ** 2
+    return 0.5 * clamp_log_ratio(logp - ref_logp, log_ratio_clamp) ** 2
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 = (r - 1) - log r with r = pi_inst / pi (Schulman's k3: unbiased, non-negative)."""
-    log_ratio = ref_logp - logp
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, log_ratio_clamp: float | None = None) -> torch.Tensor:
+    """k3 = (r - 1) - log r with r = pi_inst / pi (Schulman's k3): an unbiased, non-negative estimate of
+    KL(pi || pi_inst) for tokens sampled from pi, the first argument's policy."""
+    log_ratio = clamp_log_ratio(ref_logp - logp, log_ratio_clamp)
     return torch.expm1(log_ratio) - log_ratio
 
 
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+KL_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
     "k1": kl_k1,
     "k2": kl_k2,
     "k3": kl_k3,
 }
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_inst) for Eq. 4's penalty, by estimator name."""
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1", *,
+               log_ratio_clamp: float | None = None, kl_clamp: float | None = None) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_inst) for Eq. 4's penalty, by estimator name.
+
+    Optional bounds (off by default; verl's values are 20 and 10): `log_ratio_clamp` on log(pi / pi_inst)
+    inside the estimator, `kl_clamp` on the per-token estimate itself, so one token that the policy has
+    moved far from pi_inst cannot dominate the shaped reward.
+    """
     try:
         fn = KL_ESTIMATORS[estimator]
     except KeyError:
         raise ValueError(f"unknown KL estimator {estimator!r}; one of {sorted(KL_ESTIMATORS)}") from None
-    return fn(logp, ref_logp)
+    kl = fn(logp, ref_logp, log_ratio_clamp)
+    return kl if kl_clamp is None else kl.clamp(-kl_clamp, kl_clamp)
 
 
 class FixedKLController:
@@ -190,6 +206,48 @@ def gae_advantages(
     return advantages, returns
 
 
+# ---- loss aggregation -------------------------------------------------------------------------
+
+# How a [B, T] matrix of per-token losses becomes the scalar that is minimized (verl's `loss_agg_mode`):
+#   token_mean           sum_i sum_t l_it / sum_i |y_i|       every response token weighs the same
+#   seq_mean_token_mean  (1/B) sum_i (1/|y_i|) sum_t l_it     every sequence weighs the same
+#   seq_mean_token_sum   (1/B) sum_i sum_t l_it               a sequence weighs by its length
+# (B counts the sequences with at least one response token.)
+LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+
+
+def loss_agg_count(mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """The denominator of `mode` for this batch (0-d): its response tokens, or its non-empty sequences.
+
+    Counts add up over micro batches (and ranks), so the count of a whole minibatch is their sum."""
+    if mode == "token_mean":
+        return mask.sum()
+    if mode in ("seq_mean_token_mean", "seq_mean_token_sum"):
+        return (mask.sum(-1) > 0).sum().to(mask.dtype)
+    raise ValueError(f"unknown loss aggregation {mode!r}; one of {list(LOSS_AGG_MODES)}")
+
+
+def agg_loss(losses: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+             count: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Aggregate per-token losses [B, T] into a scalar by `mode` (see LOSS_AGG_MODES).
+
+    `count` is the denominator: by default this batch's own (`loss_agg_count`); with gradient
+    accumulation pass the whole minibatch's, so that the micro batches' losses add up to the minibatch's
+    loss and their gradients to the gradient of one big batch.
+    """
+    if count is None:
+        count = loss_agg_count(mask, mode)
+    elif mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {mode!r}; one of {list(LOSS_AGG_MODES)}")
+    if mode == "seq_mean_token_mean":
+        total = (masked_sum(losses, mask, -1) / mask.sum(-1).clamp_min(1.0)).sum()
+    else:  # token_mean and seq_mean_token_sum share the numerator; only the denominator differs
+        total = masked_sum(losses, mask)
+    if torch.is_tensor(count):
+        return total / count.clamp_min(1e-8)
+    return total / max(float(count), 1e-8)
+
+
 # ---- losses -----------------------------------------------------------------------------------
 
 
@@ -200,45 +258,52 @@ def policy_loss(
     mask: torch.Tensor,
     clip_range: float,
     dual_clip: float | None = None,
+    *,
+    loss_agg: str = "token_mean",
+    count: torch.Tensor | float | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate (Schulman et al. 2017, Eq. 7) as a loss, token-mean over the mask.
+    """PPO clipped surrogate (Schulman et al. 2017, Eq. 7) for Eq. 4's reward term, as a loss.
 
-    L = max(-A * r, -A * clip(r, 1 - eps, 1 + eps)) with r = pi / pi_old. With `dual_clip` c > 1
-    (Ye et al. 2020), tokens with A < 0 are additionally bounded by -A * c. Returns (loss, stats)
-    with the clip fraction and the approximate KL(pi_old || pi) (k3).
+    L = max(-A * r, -A * clip(r, 1 - eps, 1 + eps)) with r = pi / pi_old, aggregated by `agg_loss`
+    (`loss_agg`, `count`). With `dual_clip` c > 1 (Ye et al. 2020), tokens with A < 0 are additionally
+    bounded by -A * c. `log_ratio_clamp` bounds log r first (off by default; verl uses 20). Returns
+    (loss, stats) with the per-token clip indicator and approximate KL(pi_old || pi) as token means.
     """
-    log_ratio = logp - old_logp
+    log_ratio = clamp_log_ratio(logp - old_logp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
     losses = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         losses = torch.where(advantages < 0, torch.minimum(losses, -advantages * dual_clip), losses)
-    loss = masked_mean(losses, mask)
+    loss = agg_loss(losses, mask, loss_agg, count)
     with torch.no_grad():
         stats = {
             "clip_frac": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": masked_mean(approx_kl(logp, old_logp), mask),
+            "approx_kl": masked_mean(approx_kl(logp, old_logp, log_ratio_clamp), mask),
         }
     return loss, stats
 
 
-def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi_old || pi) between the rollout policy and the updated one."""
-    return kl_k3(logp, old_logp)
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, log_ratio_clamp: float | None = None) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi_old || pi) for tokens sampled from pi_old (the rollout policy):
+    (r - 1) - log r with r = pi / pi_old, whose expectation under pi_old is exactly that KL."""
+    return kl_k3(old_logp, logp, log_ratio_clamp)
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float | None
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float | None,
+    *, loss_agg: str = "token_mean", count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Critic loss 1/2 (V - R)^2, token-mean; with `clip`, PPO's pessimistic clipped variant:
+    """Critic loss 1/2 (V - R)^2, aggregated by `agg_loss`; with `clip`, PPO's pessimistic clipped variant:
     1/2 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)."""
     err = (values - returns) ** 2
     if clip is None:
-        return 0.5 * masked_mean(err, mask), {"value_clip_frac": torch.zeros(())}
+        return 0.5 * agg_loss(err, mask, loss_agg, count), {"value_clip_frac": torch.zeros(())}
     clipped_values = old_values + (values - old_values).clamp(-clip, clip)
     err_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    loss = 0.5 * agg_loss(torch.maximum(err, err_clipped), mask, loss_agg, count)
     with torch.no_grad():
         frac = masked_mean((err_clipped > err).float(), mask)
     return loss, {"value_clip_frac": frac}

@@ -134,14 +134,14 @@ class PtxStream:
         return len(self.input_ids)
 
     def next_blocks(self, k: int) -> dict[str, torch.Tensor]:
+        """`k` blocks. No attention mask: `position_ids` delimit the segments, and the model's forward builds
+        the per-segment causal mask from them (`batray.objectives.lm.packed_lm_logits`), as in pretraining."""
         idx = torch.tensor(self.cursor.take(k), dtype=torch.long)
-        labels = self.labels[idx]
         return {
             "input_ids": self.input_ids[idx],
-            "labels": labels,
+            "labels": self.labels[idx],
             "position_ids": self.position_ids[idx],
             "directions": self.directions[idx],
-            "attention_mask": torch.ones_like(labels),
         }
 
     def state_dict(self) -> dict:

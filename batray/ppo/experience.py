@@ -29,7 +29,8 @@ def make_experience(batch: Batch, *, old_logprobs: torch.Tensor, ref_logprobs: t
         scores = normalize_scores(raw_scores.float(), reward_mean, reward_std, cfg.reward_clip)
     else:
         scores = raw_scores.float().clamp(-cfg.reward_clip, cfg.reward_clip)
-    kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator, log_ratio_clamp=cfg.log_ratio_clamp,
+                    kl_clamp=cfg.kl_clamp) * mask
     rewards = shaped_rewards(scores, kl, mask, kl_coef)
     advantages, returns = gae_advantages(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
     if cfg.whiten_advantages:

@@ -13,11 +13,12 @@ from collections import defaultdict
 import torch
 
 from batray.config.rl import PpoConfig
-from batray.objectives.lm import bidirectional_lm_loss
+from batray.objectives.lm import bidirectional_lm_loss, packed_lm_logits
 from batray.objectives.ppo import (
     entropy_from_logits,
     eq4_policy_loss,
-    masked_mean,
+    loss_agg_count,
+    masked_sum,
     policy_loss,
     token_logprobs,
     value_loss,
@@ -51,29 +52,40 @@ def response_logprobs(model, batch: Batch, micro_batch_size: int) -> torch.Tenso
     return out
 
 
-def value_model_parts(model):
-    """(backbone, scalar head) of an `AutoModelForSequenceClassification` with one label.
+def value_head(model) -> torch.nn.Module:
+    """The scalar head (`.score`) of an `AutoModelForSequenceClassification` with one label, or of the one a
+    trainer wraps.
 
     The critic reuses the reward model's architecture (and weights, as InstructGPT does), but reads
     the head at every response position instead of only the last token.
     """
-    backbone = getattr(model, model.base_model_prefix, None)
-    head = getattr(model, "score", None)
-    if backbone is None or head is None:
-        raise TypeError(f"{type(model).__name__}: expected a sequence-classification model with `.score`")
-    return backbone, head
+    inner = getattr(model, "module", model)  # a trainer holds the HF model in .module
+    head = getattr(inner, "score", None)
+    if head is None:
+        raise TypeError(f"{type(inner).__name__}: expected a sequence-classification model with `.score`")
+    return head
 
 
 def token_values(model, batch: Batch) -> torch.Tensor:
-    """V(s_t) for each response position t: the value head on the hidden state that predicts token t. [B, T]."""
-    backbone, head = value_model_parts(model)
-    hidden = backbone(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-    ).last_hidden_state[:, response_slice(batch)]
-    return head(hidden).squeeze(-1).float() * batch["response_mask"]
+    """V(s_t) for each response position t: the value head on the hidden state that predicts token t. [B, T].
+
+    `model` is the critic or its trainer. The call runs the model's own forward (through DeepSpeed's when a
+    trainer is given: ZeRO-3 counts accumulated micro batches there, and a backbone called on its own would
+    overwrite the gradient of the earlier micro batches) and reads the head's output at every position
+    from a forward hook, before the model pools it to the last token.
+    """
+    per_position = []
+    handle = value_head(model).register_forward_hook(lambda _m, _inputs, out: per_position.append(out))
+    try:
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    return per_position[0][:, response_slice(batch)].squeeze(-1).float() * batch["response_mask"]
 
 
 @torch.no_grad()
@@ -81,17 +93,34 @@ def batch_values(model, batch: Batch, micro_batch_size: int) -> torch.Tensor:
     return torch.cat([token_values(model, m) for m in micro_batches(batch, micro_batch_size)])
 
 
+def ptx_logits(model, blocks: Batch) -> torch.Tensor:
+    """Logits of packed pretraining blocks, each segment attending only to itself (the mask pretraining uses)."""
+    return packed_lm_logits(model, blocks["input_ids"], blocks["position_ids"])
+
+
 def ptx_loss(model, blocks: Batch) -> torch.Tensor:
     """Eq. 4's pretraining term as a loss: Eq. 1's bidirectional NLL per target token on packed blocks
-    (`batray.objectives.lm.bidirectional_lm_loss`, the same loss pretraining optimizes)."""
-    logits = model(
-        input_ids=blocks["input_ids"],
-        attention_mask=blocks["attention_mask"],
-        position_ids=blocks["position_ids"],
-        use_cache=False,
-    ).logits
-    loss, _ = bidirectional_lm_loss(logits, blocks["labels"], blocks["directions"])
+    (`batray.objectives.lm.bidirectional_lm_loss`, the same loss and attention mask pretraining uses)."""
+    loss, _ = bidirectional_lm_loss(ptx_logits(model, blocks), blocks["labels"], blocks["directions"])
     return loss
+
+
+class _MinibatchStats:
+    """What one minibatch logs: losses as summed, other values as token means over the minibatch."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.tokens = 0.0
+        self.values: dict[str, float] = {}
+
+    def add_token_means(self, mask: torch.Tensor, **means: torch.Tensor) -> None:
+        n = float(mask.sum())
+        self.tokens += n
+        for k, v in means.items():
+            self.sums[k] += float(v) * n
+
+    def row(self) -> dict[str, float]:
+        return {**{k: v / max(self.tokens, 1.0) for k, v in self.sums.items()}, **self.values}
 
 
 def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -105,13 +134,26 @@ def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
 # ---- the update loops -------------------------------------------------------------------------
 
 
+def minibatch_normalizer(trainer, micros: list[Batch], loss_agg: str) -> float:
+    """The `agg_loss` denominator of one minibatch over all of the role's ranks: the count of response
+    tokens (token_mean) or non-empty sequences (seq_mean_*) of every micro batch, summed over the ranks by
+    an all-reduce. Each micro batch's loss divided by it, times the number of ranks (DeepSpeed averages the
+    ranks' gradients), gives the gradient of the whole global minibatch as one batch."""
+    local = sum(float(loss_agg_count(m["response_mask"], loss_agg)) for m in micros)
+    return trainer.all_reduce_sum(local)
+
+
 def policy_update(trainer, experience: Batch, ptx_batches: list[Batch] | None, cfg: PpoConfig,
                   seed: int) -> dict[str, float]:
     """`ppo_epochs` passes of `num_minibatches` optimizer steps over this rank's shard.
 
-    Each step minimizes Eq. 4 as `eq4_policy_loss`: the clipped surrogate on the shaped advantages plus
-    lambda_ptx times Eq. 1's loss on `ptx_batches[k]` (one batch of pretraining blocks per step k).
+    Each step minimizes Eq. 4 as `eq4_policy_loss`: the clipped surrogate on the shaped advantages,
+    aggregated over the whole minibatch by `ppo.loss_agg` (`minibatch_normalizer`: the same gradient for
+    any split into micro batches and ranks), plus lambda_ptx times Eq. 1's loss on `ptx_batches[k]` (one
+    batch of pretraining blocks per step k; a token mean per rank, the ranks' gradients averaged).
     `seed` fixes the minibatch shuffle (the same on every rank's shard, so resumes are exact).
+    Logged: `policy_loss` the minibatch's loss, `policy_grad_norm` its gradient's norm before clipping,
+    entropy / clip_frac / approx_kl token means.
     """
     trainer.train()
     g = torch.Generator().manual_seed(seed)
@@ -119,53 +161,56 @@ def policy_update(trainer, experience: Batch, ptx_batches: list[Batch] | None, c
     k = 0
     for _ in range(cfg.ppo_epochs):
         for mb in minibatches(experience, cfg.num_minibatches, g):
-            micros = list(micro_batches(mb, cfg.micro_batch_size))
-            stats: dict[str, float] = defaultdict(float)
+            micros = [trim_padding(m) for m in micro_batches(mb, cfg.micro_batch_size)]
+            count = minibatch_normalizer(trainer, micros, cfg.loss_agg)
+            stats = _MinibatchStats()
+            stats.values["policy_loss"] = 0.0
             for i, micro in enumerate(micros):
-                micro = trim_padding(micro)
                 mask = micro["response_mask"]
                 logits = response_logits(trainer, micro)
                 logp = token_logprobs(logits, micro["response_ids"])
                 pg_loss, pg_stats = policy_loss(
-                    logp, micro["old_logprobs"], micro["advantages"], mask, cfg.clip_range, cfg.dual_clip
+                    logp, micro["old_logprobs"], micro["advantages"], mask, cfg.clip_range, cfg.dual_clip,
+                    loss_agg=cfg.loss_agg, count=count, log_ratio_clamp=cfg.log_ratio_clamp,
                 )
-                loss = pg_loss / len(micros)
+                loss = pg_loss * trainer.world_size
                 if i == 0 and ptx_batches is not None and cfg.ptx_coef > 0:
                     lm_loss = ptx_loss(trainer, ptx_batches[k])
                     loss = eq4_policy_loss(loss, lm_loss, cfg.ptx_coef)
-                    stats["ptx_loss"] = lm_loss.item()
+                    stats.values["ptx_loss"] = lm_loss.item()
                 trainer.backward(loss)
                 with torch.no_grad():
-                    stats["entropy"] += float(masked_mean(entropy_from_logits(logits.float()), mask)) / len(micros)
-                stats["policy_loss"] += pg_loss.item() / len(micros)
-                stats["clip_frac"] += float(pg_stats["clip_frac"]) / len(micros)
-                stats["approx_kl"] += float(pg_stats["approx_kl"]) / len(micros)
-            stats["policy_grad_norm"] = trainer.step()
-            rows.append(dict(stats))
+                    entropy = masked_sum(entropy_from_logits(logits.float()), mask) / mask.sum().clamp_min(1.0)
+                stats.add_token_means(mask, entropy=entropy, clip_frac=pg_stats["clip_frac"],
+                                      approx_kl=pg_stats["approx_kl"])
+                stats.values["policy_loss"] += pg_loss.item() * trainer.world_size
+            stats.values["policy_grad_norm"] = trainer.step()
+            rows.append(stats.row())
             k += 1
     return _mean_stats(rows)
 
 
 def critic_update(trainer, experience: Batch, cfg: PpoConfig, seed: int) -> dict[str, float]:
-    """The critic's clipped value regression towards the GAE returns, same schedule as the policy."""
+    """The critic's clipped value regression towards the GAE returns, same schedule and aggregation as the policy."""
     trainer.train()
     g = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(cfg.ppo_epochs):
         for mb in minibatches(experience, cfg.num_minibatches, g):
-            micros = list(micro_batches(mb, cfg.micro_batch_size))
-            stats: dict[str, float] = defaultdict(float)
+            micros = [trim_padding(m) for m in micro_batches(mb, cfg.micro_batch_size)]
+            count = minibatch_normalizer(trainer, micros, cfg.loss_agg)
+            stats = _MinibatchStats()
+            stats.values["value_loss"] = 0.0
             for micro in micros:
-                micro = trim_padding(micro)
-                values = token_values(trainer.module, micro)
-                loss, v_stats = value_loss(
-                    values, micro["old_values"], micro["returns"], micro["response_mask"], cfg.value_clip
-                )
-                trainer.backward(cfg.value_coef * loss / len(micros))
-                stats["value_loss"] += loss.item() / len(micros)
-                stats["value_clip_frac"] += float(v_stats["value_clip_frac"]) / len(micros)
-            stats["critic_grad_norm"] = trainer.step()
-            rows.append(dict(stats))
+                mask = micro["response_mask"]
+                values = token_values(trainer, micro)
+                loss, v_stats = value_loss(values, micro["old_values"], micro["returns"], mask, cfg.value_clip,
+                                           loss_agg=cfg.loss_agg, count=count)
+                trainer.backward(cfg.value_coef * loss * trainer.world_size)
+                stats.values["value_loss"] += loss.item() * trainer.world_size
+                stats.add_token_means(mask, value_clip_frac=v_stats["value_clip_frac"])
+            stats.values["critic_grad_norm"] = trainer.step()
+            rows.append(stats.row())
     return _mean_stats(rows)
 
 

@@ -9,7 +9,15 @@ Gradient accumulation: the update loops (`batray.ppo.train`) scale each micro ba
 and call `backward` per micro batch, then `step` once per minibatch. DeepSpeed is told the number of
 micro batches per minibatch (`micro_steps`) and counts them itself (an engine step after each
 backward), so its accumulation boundary, where ZeRO reduces the gradients and the optimizer steps,
-is the last micro batch of each minibatch.
+is the last micro batch of each minibatch. DeepSpeed averages the gradients over the ranks; the
+update loops scale each rank's loss by `world_size` where they want the sum (a loss normalized by the
+token count of the whole minibatch, made global by `all_reduce_sum`).
+
+Gradient norm: `step` returns the global norm of the minibatch's gradient before clipping. ZeRO 1-3
+(and DeepSpeed's bf16 optimizer) compute it over the partitions themselves; at ZeRO 0 in fp32 the
+optimizer is the plain torch one and DeepSpeed reports none, so the trainer takes it from the
+all-reduced gradients between the boundary backward and the optimizer step (they are the same on
+every rank there).
 
 Collectives: under ZeRO-3 every forward gathers parameters from all ranks, so every rank must run the
 same number of forwards; and `full_weights`, `save` and `consolidated_state_dict` must be called on
@@ -24,8 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from batray.config.rl import PpoConfig
+from batray.distributed import wait_collective
 from batray.ppo.weight_sync import BucketSpec, bucket_layout, flatten
 from batray.train.engine import deepspeed_json
 
@@ -50,6 +60,8 @@ class DeepSpeedTrainer:
         # DeepSpeed still calls the torch.distributed names torch 2.13 deprecates, once per collective.
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\..* is deprecated")
         self.zero_stage = cfg.deepspeed.zero_stage
+        self.world_size = world_size
+        self.timeout_s = cfg.sync_timeout_s
         self.micro_steps = micro_steps_per_update(cfg, world_size)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
         config = ppo_deepspeed_config(cfg, world_size, self.micro_steps)
@@ -57,6 +69,9 @@ class DeepSpeedTrainer:
             model=model, optimizer=optimizer, config=config, dist_init_required=False
         )
         self._pending = 0
+        # ZeRO's optimizers (and bf16's) compute the global grad norm; plain torch (ZeRO 0, fp32) does not.
+        self._engine_norm = hasattr(self.engine.optimizer, "_global_grad_norm")
+        self._boundary_norm: float | None = None
         # Sleep between phases only where it frees something: on a GPU (`ppo.offload_between_phases`).
         self.can_sleep = cfg.offload_between_phases and torch.cuda.is_available()
         self._asleep: list[tuple[torch.Tensor, torch.device]] = []
@@ -116,21 +131,35 @@ class DeepSpeedTrainer:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradient of an already scaled micro-batch loss. DeepSpeed's `step` after every
-        backward only advances its micro-step count, except on the boundary (the minibatch's last)."""
+        backward only advances its micro-step count, except on the boundary (the minibatch's last), where
+        it clips and steps; the ZeRO 0 norm is read just before that."""
         self.engine.backward(loss, scale_wrt_gas=False)
-        self.engine.step()
         self._pending += 1
+        if self._pending == self.micro_steps and not self._engine_norm:
+            # the boundary backward has all-reduced (averaged) the gradients into p.grad on every rank
+            self._boundary_norm = grad_norm(self.module.parameters())
+        self.engine.step()
 
     def step(self) -> float:
-        """End of a minibatch (DeepSpeed has reduced, clipped and stepped): the global grad norm."""
+        """End of a minibatch (DeepSpeed has reduced, clipped and stepped): the global grad norm before clipping."""
         if self._pending != self.micro_steps:
             raise RuntimeError(
                 f"{self._pending} micro batches accumulated, DeepSpeed expects {self.micro_steps} per update "
                 "(rollout_batch_size / num_actors / num_minibatches / micro_batch_size changed?)"
             )
         self._pending = 0
-        norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        norm = self.engine.get_global_grad_norm() if self._engine_norm else self._boundary_norm
+        self._boundary_norm = None
+        if norm is None:
+            raise RuntimeError(f"DeepSpeed (ZeRO {self.zero_stage}) reported no gradient norm for this step")
+        return float(norm)
+
+    def all_reduce_sum(self, value: float) -> float:
+        """`value` summed over the role's ranks (every rank must call it at the same point of the update)."""
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.engine.device)
+        if self.world_size > 1:
+            wait_collective("loss normalizer all-reduce", dist.all_reduce, t, timeout_s=self.timeout_s)
+        return float(t.item())
 
     # -- weights out --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -205,6 +234,8 @@ class LocalTrainer:
     """The trainer interface over a plain module and `torch.optim.AdamW` in one process, no process group:
     the serial baseline of `benchmarks/bench_ppo.py` and the update loops' unit tests."""
 
+    world_size = 1
+
     def __init__(self, model: torch.nn.Module, *, lr: float, grad_clip: float = 1.0):
         self.module = model
         self.grad_clip = grad_clip
@@ -223,8 +254,18 @@ class LocalTrainer:
         loss.backward()
 
     def step(self) -> float:
+        """Clip, step, zero the gradients; the global grad norm before clipping (as DeepSpeedTrainer)."""
         params = [p for p in self.module.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    def all_reduce_sum(self, value: float) -> float:
+        return float(value)
+
+
+def grad_norm(params) -> float:
+    """L2 norm of the gradients of `params` taken together (those without a gradient count as 0)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0

@@ -16,7 +16,7 @@ from enum import Enum
 import numpy as np
 import torch
 
-from batray.objectives.lm import bidirectional_lm_loss, lm_metrics, sft_loss
+from batray.objectives.lm import bidirectional_lm_loss, lm_metrics, packed_lm_logits, sft_loss
 
 
 class TrainTask:
@@ -111,9 +111,7 @@ class CausalLMTask(TrainTask):
 
     def loss(self, model, batch):
         if self.objective is Objective.BIDIRECTIONAL_LM:  # packed blocks: segments must not attend to each other
-            mask = segment_causal_mask(batch["position_ids"], _attn_implementation(model), _param_dtype(model))
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
-                           use_cache=False).logits
+            logits = packed_lm_logits(model, batch["input_ids"], batch["position_ids"])
             return bidirectional_lm_loss(logits, batch["labels"], batch["directions"])
         # one right-padded sample per row: plain causal attention is exact (pads come last)
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
@@ -130,32 +128,3 @@ class CausalLMTask(TrainTask):
         save_hf_checkpoint(model, tokenizer, out_dir, stage=self.stage, step=step, tokens_seen=tokens_seen,
                            parent=self.parent, config_hash=self.config_hash,
                            extra={"objective": self.objective.value, **self.extra_meta})
-
-
-def segment_causal_mask(position_ids: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
-    """4D attention mask (B, 1, T, T) for packed blocks: causal within a segment, nothing across.
-
-    A segment starts wherever position_ids is 0 (`pack_samples` restarts positions per segment; each
-    pad is a one-token segment). transformers uses a 4D mask as given: boolean (True = attend) for
-    SDPA, additive (0 / dtype min) for eager attention.
-    """
-    segment = (position_ids == 0).cumsum(-1)  # (B, T)
-    same = segment[:, :, None] == segment[:, None, :]
-    t = position_ids.size(-1)
-    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
-    allowed = (same & causal)[:, None, :, :]
-    if attn_implementation == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)  # a DeepSpeed engine holds the HF model in .module
-
-
-def _attn_implementation(model) -> str | None:
-    return getattr(_unwrap(model).config, "_attn_implementation", None)
-
-
-def _param_dtype(model) -> torch.dtype:
-    return next(_unwrap(model).parameters()).dtype
