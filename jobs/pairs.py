@@ -14,7 +14,8 @@ import hashlib
 import logging
 
 from batray.config import RecipeConfig, join_uri
-from batray.data.io import exists, read_rows, write_parquet, write_rejected
+from batray.data.io import exists, write_parquet
+from batray.data.load import load_pairs_prompts
 from batray.data.schemas import PAIRS
 from batray.errors import BatrayError
 from jobs.common import init_ray, resolve, setup_logging, stage_parser
@@ -23,18 +24,7 @@ log = logging.getLogger("batray.pairs")
 
 
 def load_prompts(cfg: RecipeConfig, out_dir: str) -> list[dict]:
-    src = cfg.pairs.prompts or cfg.data.prompts or join_uri(cfg.run_dir, "data", "prompts.jsonl")
-    if not exists(src):
-        raise BatrayError(f"pairs: no prompts at {src}; set pairs.prompts or run `batray data demo`")
-    rows, report = read_rows(src, "prompts")
-    log.info(report.summary(f"prompts {src}"))
-    write_rejected(report, join_uri(out_dir, "rejected_prompts.jsonl"))
-    rows = [r for r in rows if r["prompt"].strip()]
-    if cfg.pairs.max_prompts:
-        rows = rows[: cfg.pairs.max_prompts]
-    if not rows:
-        raise BatrayError(f"pairs: {src} has no usable prompts")
-    return rows
+    return load_pairs_prompts(cfg, out_dir)
 
 
 def pair_ids(prompts: list[dict]) -> list[str]:

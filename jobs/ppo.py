@@ -43,6 +43,7 @@ from batray.models.tokenizer import load_tokenizer
 from batray.objectives.ppo import make_kl_controller
 from batray.ppo import state
 from batray.ppo.batch import Sample, collate, select, split_rows
+from batray.data.formats import Keys
 from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
 from batray.ppo.train import num_update_steps
@@ -469,7 +470,8 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
     resume = state.latest_checkpoint(ckpt_root)
     tokenizer = load_tokenizer(policy_init)
     prompt_stream = PromptStream.from_file(prompts, tokenizer, seed=ppo.seed, max_prompt_tokens=ppo.max_prompt_tokens,
-                                           fmt=ppo.prompt_format)
+                                           fmt=ppo.prompt_format, keys=Keys.of("ppo", ppo),
+                                           rejected_out=str(out / "rejected_prompts.jsonl"))
     ptx_stream = None
     if ppo.ptx_coef > 0:
         ptx_stream = PtxStream.from_file(ptx_data, tokenizer, seed=ppo.seed, block_len=ppo.ptx_seq_len,

@@ -16,8 +16,10 @@ import numpy as np
 
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig, join_uri
-from batray.data.io import read_rows, write_rejected
-from batray.data.sft import SampleError, build_sft_sample, normalize_messages
+from batray.data.formats import Keys
+from batray.data.io import write_rejected
+from batray.data.load import load_sft
+from batray.data.sft import SampleError, build_sft_sample
 from batray.errors import BatrayError, DataError
 from batray.train import CausalLMTask, ModelSource, fit, pad_sft_sample
 from batray.train.lm_data import is_held_out
@@ -34,7 +36,8 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str | None
             max_steps: int | None = None, _fail_at_step: int | None = None) -> str:
     """Train (or resume, or skip when complete) Eq. 2 into `out_dir` from `init_from`; returns `out_dir/final`.
 
-    data: SFT rows (default `cfg.data.sft`, else the demo `<run_dir>/data/sft.jsonl`).
+    data: SFT rows in any layout batray reads (default `cfg.sft.data`, `cfg.data.sft`, else the demo
+    `<run_dir>/data/sft.jsonl`).
     """
     import ray.data
 
@@ -43,16 +46,15 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str | None
         log.info("sft: %s is complete, skipping", final)
         return final
     scfg = with_max_steps(cfg.sft, max_steps)
-    data = data or cfg.data.sft or demo_data_file(cfg, "sft.jsonl")
-    rows, report = read_rows(data, "sft")
+    data = data or cfg.sft.data or cfg.data.sft or demo_data_file(cfg, "sft.jsonl")
+    conversations, report = load_sft(data, Keys.of("sft", cfg.sft))
     tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, None, init_from)
     train_rows, eval_rows, truncated = [], [], 0
-    for row in rows:
+    for messages in conversations:
         try:
-            messages = normalize_messages(row)
             sample = build_sft_sample(tokenizer, messages, scfg.seq_len, scfg.loss_on)
         except SampleError as e:
-            report.rejected.append({"reason": str(e), "row": row})
+            report.rejected.append({"reason": str(e), "row": messages})
             continue
         truncated += sample.dropped_turns > 0
         padded = {k: np.asarray(v, dtype=np.int32)  # fixed-shape tensor columns in Ray Data
