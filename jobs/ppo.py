@@ -37,13 +37,13 @@ import torch
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig, join_uri
 from batray.config.rl import PpoConfig, RoleConfig
+from batray.data.formats import Keys
 from batray.errors import BatrayError
 from batray.metrics import MetricsLogger
 from batray.models.tokenizer import load_tokenizer
 from batray.objectives.ppo import make_kl_controller
 from batray.ppo import state
 from batray.ppo.batch import Sample, collate, select, split_rows
-from batray.data.formats import Keys
 from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
 from batray.ppo.train import num_update_steps

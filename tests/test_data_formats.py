@@ -4,6 +4,7 @@ Data reading of the same sources is in test_data_sources_ray.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,13 +12,11 @@ import pytest
 
 from batray.data.formats import LAYOUTS, FormatError, Keys, normalize
 from batray.data.io import write_rejected
-from batray.data.load import load_normalized, load_prompts, load_sft
+from batray.data.load import load_prompts, load_sft
 from batray.data.sft import SampleError, normalize_messages
 from batray.data.sources import iter_rows, resolve
 from batray.errors import ConfigError, DataError
 from batray.reward.data import load_triples
-
-from conftest import SHARED_DATASETS
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
 A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
@@ -221,6 +220,11 @@ def test_csv_json_array_and_bad_rows_written_aside(tmp_path):
     assert [(r["where"].rsplit(":", 1)[1], r["reason"].split(" (")[0]) for r in report.rejected] == [
         ("row 1", "not a JSON object"), ("row 2", "unrecognised sft row")]
 
+    # a JSON array that does not parse is read as lines: each reported with its text, nothing lost
+    (tmp_path / "broken.json").write_text('[\n{"prompt": "p", "completion": "c"},\n', encoding="utf-8")
+    convos, report = load_sft(str(tmp_path / "broken.json"))
+    assert convos == [] and [r["row"] for r in report.rejected] == ["[", '{"prompt": "p", "completion": "c"},']
+
     lines = [json.dumps({"messages": [U("q"), A("a")]}), "{broken", json.dumps({"prompt": "p"}), "",
              json.dumps({"prompt": "p", "response": "r"})]
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -228,7 +232,7 @@ def test_csv_json_array_and_bad_rows_written_aside(tmp_path):
     assert len(convos) == 2 and (report.total, report.accepted) == (4, 2)
     assert [r["where"] for r in report.rejected] == [f"{tmp_path}/bad.jsonl:2", f"{tmp_path}/bad.jsonl:3"]
     out = write_rejected(report, str(tmp_path / "rejected" / "sft.jsonl"))
-    written = [json.loads(x) for x in open(out, encoding="utf-8")]
+    written = [json.loads(x) for x in Path(out).read_text(encoding="utf-8").splitlines()]
     assert [w["row"] for w in written] == ["{broken", {"prompt": "p"}]
     assert written[0]["reason"].startswith("invalid JSON") and written[1]["where"].endswith("bad.jsonl:3")
 
@@ -338,7 +342,7 @@ def test_prompt_stream_renders_message_list_prompts_and_writes_rejects(tiny_toke
     chat = tiny_tokenizer.apply_chat_template
     assert tiny_tokenizer.decode(stream.prompt_ids[0]) == chat([U(rows[0]["text"])], tokenize=False)
     assert tiny_tokenizer.decode(stream.prompt_ids[1]) == chat(rows[1]["text"], tokenize=False)
-    rejected = [json.loads(x) for x in open(tmp_path / "rejected.jsonl")]
+    rejected = [json.loads(x) for x in (tmp_path / "rejected.jsonl").read_text().splitlines()]
     assert [r["where"].rsplit(":", 1)[1] for r in rejected] == ["3", "4"]
     assert "no column 'text' (ppo.prompt_key)" in rejected[1]["reason"]
 
@@ -375,6 +379,7 @@ def test_normalize_messages_takes_keys_and_contract_check_accepts_every_layout(t
 
 # ---- the reference data sets in ../shared/datasets (skipped when absent) ---------------------------------
 
+SHARED_DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 SEED_TASKS = SHARED_DATASETS / "alpaca-seed" / "seed_tasks.jsonl"
 HH_HARMLESS = SHARED_DATASETS / "hh-rlhf-harmless" / "test.jsonl.gz"
 
@@ -404,3 +409,12 @@ def test_hh_rlhf_harmless_split():
     assert triples[0].context == chosen[:-1] and triples[0].response_a == chosen[-1]["content"]
     assert triples[0].response_b == parse_hh_dialogue(row["rejected"])[-1]["content"] and triples[0].d == -1
     assert all(t.context[-1]["role"] == "user" for t in triples)
+
+
+def test_readme_table_lists_every_layout():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith(("| SFT |", "| preferences |", "| prompts |"))]
+    for kind, label in (("sft", "| SFT |"), ("preferences", "| preferences |"), ("prompts", "| prompts |")):
+        for lay in LAYOUTS[kind]:
+            cols = lay.columns if kind != "prompts" or lay.name == "prompt" else ()
+            assert any(line.startswith(label) and all(f"`{c}`" in line.split("|")[2] for c in cols) for line in rows), lay

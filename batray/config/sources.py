@@ -25,7 +25,7 @@ def check_source(value):
         if not value.strip():
             raise ValueError("empty data source; give a path, URI or hub dataset id")
         return value
-    if not isinstance(value, dict):
+    if not isinstance(value, dict):  # a ValueError: pydantic reports it with the key path
         raise ValueError("a data source is a path, URI or hub id, or a mapping of path | name, config, split")
     for key, v in value.items():
         if key not in SOURCE_KEYS:

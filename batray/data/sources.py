@@ -221,9 +221,8 @@ def json_rows(raw: bytes, path: str) -> Iterator[tuple[str, dict]]:
     if raw.lstrip()[:1] == b"[":
         try:
             items = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            yield f"{path}:1", {"__invalid__": f"not a valid JSON array ({e})", "__line__": raw[:200].decode("utf-8", "replace")}
-            return
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            items = None  # not one JSON array: read as JSON lines, so every bad line is reported with its text
         if isinstance(items, list):
             for i, obj in enumerate(items):
                 yield f"{path}:row {i}", obj if isinstance(obj, dict) else {
@@ -279,13 +278,10 @@ def _csv_rows(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{path}: not a readable CSV file ({e})") from None
     lines = _record_lines(raw)
     records = 1 + table.num_rows + len(bad)  # pyarrow numbers records from 1, the header
-    if len(lines) == records:
-        where_of = lambda number: f"{path}:{lines[number - 1]}"  # noqa: E731
-    else:  # the two parsers disagree on where records start: name the record instead
-        where_of = lambda number: f"{path}:record {number}"  # noqa: E731
+    exact = len(lines) == records  # else the two parsers disagree on where records start: name the record
     good = iter(table.to_pylist())
     for number in range(2, records + 1):
-        where = where_of(number)
+        where = f"{path}:{lines[number - 1]}" if exact else f"{path}:record {number}"
         if number in bad:
             row = bad[number]
             yield where, {"__invalid__": f"CSV row with {row.actual_columns} fields, expected {row.expected_columns}",
