@@ -39,7 +39,7 @@ def test_policy_sampled_twice(tmp_path, ray_session, tiny_checkpoint):
     assert [r["prompt"] for r in rows] == [p["prompt"] for p in PROMPTS]
     assert all(r["model_a"] == r["model_b"] == tiny_checkpoint for r in rows)
     assert sum(r["response_a"] != r["response_b"] for r in rows) >= 2  # two independent samples
-    assert "prompt missing" in (tmp_path / "pairs" / "rejected_prompts.jsonl").read_text()
+    assert "unrecognised prompts row (columns [id, text])" in (tmp_path / "pairs" / "rejected_prompts.jsonl").read_text()
     # the stage's output is complete: a rerun keeps it
     assert run_pairs(_cfg(tmp_path), str(tmp_path / "pairs"), model_a=tiny_checkpoint) == out
 

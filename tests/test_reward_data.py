@@ -43,10 +43,10 @@ def test_hh_dialogue_maps_to_context_responses_and_d(tmp_path):
         {"chosen": 3, "rejected": "x"},
     ]
     triples, report, layout = load_triples(_write_jsonl(tmp_path / "hh.jsonl", rows))
-    assert layout == "chosen_rejected"
+    assert layout == "hh_rlhf"
     assert len(triples) == 1 and report.total == 4 and len(report.rejected) == 3
     reasons = " | ".join(r["reason"] for r in report.rejected)
-    assert "differ before their last assistant turn" in reasons and "chosen missing or not a string" in reasons
+    assert "differ before their last assistant turn" in reasons and "chosen must be a list of messages" in reasons
     t = triples[0]
     # y = chosen, y' = rejected, so chosen preferred is d = -1 (docs/DESIGN.md §3)
     assert (t.response_a, t.response_b, t.d) == ("The capital of Veloria is Marnet.", "I don't know.", -1)

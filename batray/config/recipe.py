@@ -173,6 +173,8 @@ def absolute_local_paths(cfg: Schema) -> Schema:
 
 
 def _absolute(value, role: str | None):
+    if role is not None and isinstance(value, dict) and isinstance(value.get("path"), str):  # a DataSpec mapping
+        return {**value, "path": _absolute(value["path"], role)}
     if role is None or not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
         return value
     if role == "output" or os.path.exists(value):

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from batray.config.base import DeepSpeedConfig, InputPath, Schema, TrainConfig
+from batray.config.sources import DataSpec, PreferenceColumns, PromptColumns
 
 
 class SamplingConfig(Schema):
@@ -15,10 +16,10 @@ class SamplingConfig(Schema):
     max_new_tokens: int = Field(default=48, ge=1)
 
 
-class PairsConfig(Schema):
+class PairsConfig(PromptColumns):
     """Two responses A and B per prompt (§3.3)."""
 
-    prompts: InputPath | None = Field(default=None, description="null: data.prompts, else the demo prompts")
+    prompts: DataSpec | None = Field(default=None, description="prompt rows in any layout batray reads; null: data.prompts")
     max_prompts: int | None = Field(default=None, ge=1)
     model_a: InputPath | None = Field(default=None, description="null: the latest model stage before pairs (sft)")
     model_b: InputPath | None = Field(
@@ -97,7 +98,7 @@ class PrefsConfig(Schema):
     ai_labels: InputPath | None = Field(default=None, description="AI labels; null: the label stage's output (when label is in stages or it exists)")
 
 
-class RewardConfig(TrainConfig):
+class RewardConfig(TrainConfig, PreferenceColumns):
     """Reward model with the paper's hinge loss (Eq. 3)."""
 
     margin: float = Field(default=1.0, gt=0)
@@ -108,9 +109,9 @@ class RewardConfig(TrainConfig):
         default=0.25, ge=0,
         description="tau of the band tie loss, below the margin; the initial rao_kupper threshold; tie accuracy's band",
     )
-    data: InputPath | None = Field(
+    data: DataSpec | None = Field(
         default=None,
-        description="preferences (or chosen/rejected) parquet/jsonl; null: the prefs stage's output",
+        description="preference rows in any layout batray reads; null: <run_dir>/prefs/preferences.parquet",
     )
     init_from: InputPath | None = Field(
         default=None, description="null: the latest model stage before reward (sft); a causal LM or reward checkpoint, or a preset (random init)"
@@ -163,7 +164,7 @@ class RolloutRoleConfig(RoleConfig):
     max_restarts: int = Field(default=2, ge=0)
 
 
-class PpoConfig(Schema):
+class PpoConfig(PromptColumns):
     """PPO with a KL penalty and a pretraining term (Eq. 4). Every contested default is a field."""
 
     steps: int = Field(default=20, ge=1)
@@ -240,10 +241,10 @@ class PpoConfig(Schema):
     profile_phases: bool = Field(
         default=False, description="after each phase, read every role actor's own compute time (one extra call "
         "per actor): metrics compute_<phase>, and the rest of the phase is orchestration")
-    prompts: InputPath | None = Field(default=None, description="null: data.prompts, else the demo prompts")
+    prompts: DataSpec | None = Field(default=None, description="prompt rows in any layout batray reads; null: data.prompts")
     prompt_format: Literal["chat", "raw"] = Field(default="chat", description="chat: BatGPT's template, one user turn")
     max_prompt_tokens: int = Field(default=256, ge=2, description="longer prompts are skipped (counted)")
-    ptx_data: InputPath | None = Field(default=None, description="pretraining corpus for lambda_ptx; null: the run's corpus")
+    ptx_data: DataSpec | None = Field(default=None, description="pretraining corpus for lambda_ptx; null: the run's corpus")
     ptx_seq_len: int = Field(default=64, ge=8)
     ptx_bidirectional: bool = Field(default=True, description="Eq. 1: l2r and r2l samples; false: l2r only")
     policy_init: InputPath | None = Field(default=None, description="null: the latest model stage before ppo (sft)")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from batray.config.base import InputPath, OutputPath, Schema, TrainConfig
+from batray.config.sources import DataSpec, SftColumns
 
 
 class DemoDataConfig(Schema):
@@ -28,9 +29,9 @@ class DataConfig(Schema):
     """Where a run's data comes from; null paths mean the demo data generated into the run dir."""
 
     demo: DemoDataConfig = DemoDataConfig()
-    corpus: InputPath | None = None
-    sft: InputPath | None = None
-    prompts: InputPath | None = None
+    corpus: DataSpec | None = None
+    sft: DataSpec | None = None
+    prompts: DataSpec | None = None
     benchmarks: InputPath | None = None
     held_out_fraction: float = Field(default=0.05, ge=0, lt=1)
 
@@ -47,9 +48,10 @@ class PretrainConfig(TrainConfig):
     init_from: InputPath | None = Field(default=None, description="checkpoint to continue from; null: model.path, else from scratch")
 
 
-class SftConfig(TrainConfig):
+class SftConfig(TrainConfig, SftColumns):
     """Instruction tuning (Eq. 2)."""
 
+    data: DataSpec | None = Field(default=None, description="SFT rows in any layout batray reads; null: data.sft")
     loss_on: Literal["last", "all"] = Field(default="last", description="assistant turns that carry loss")
     init_from: InputPath | None = Field(default=None, description="null: the latest model stage before sft (pretrain/grow/expand), else model.path")
 

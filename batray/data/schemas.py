@@ -60,13 +60,14 @@ def check_corpus(row: dict) -> str | None:
 
 
 def check_sft(row: dict) -> str | None:
-    from batray.data.sft import SampleError, normalize_messages
+    """Any SFT layout `batray.data.formats` recognises (every example of the row valid)."""
+    from batray.data.formats import FormatError, normalize
 
     try:
-        normalize_messages(row)
-    except (SampleError, KeyError, TypeError) as e:
+        result = normalize("sft", row)
+    except FormatError as e:
         return f"bad sft row: {e}"
-    return None
+    return f"bad sft row: {'; '.join(result.errors)}" if result.errors else None
 
 
 def check_prompts(row: dict) -> str | None:

@@ -9,40 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from batray.data.direction import IGNORE_INDEX
+from batray.data.formats import FormatError, Keys, normalize
 from batray.models.tokenizer import EOP_TOKEN, EOT_TOKEN, L2R_TOKEN
-
-ROLES = ("system", "user", "assistant")
 
 
 class SampleError(ValueError):
     """A sample that cannot be used (bad roles, response too long); counted and written aside."""
 
 
-def normalize_messages(row: dict) -> list[dict]:
-    """Accept `messages` or `prompt`/`response` rows; return validated messages ending with assistant."""
-    if row.get("messages") is not None:
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    elif row.get("prompt") is not None and row.get("response") is not None:
-        messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
-    else:
-        raise SampleError("needs `messages` or `prompt` and `response`")
-    if not messages:
-        raise SampleError("empty messages")
-    for i, m in enumerate(messages):
-        if m["role"] not in ROLES:
-            raise SampleError(f"messages[{i}].role {m['role']!r} not in {ROLES}")
-        if not isinstance(m["content"], str):
-            raise SampleError(f"messages[{i}].content is not a string")
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    if any(m["role"] == "system" for m in body):
-        raise SampleError("a system message may only come first")
-    for i, m in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            raise SampleError(f"turns must alternate user/assistant; turn {i} is {m['role']!r}")
-    if body[-1]["role"] != "assistant":
-        raise SampleError("the last message must be the assistant's response")
-    return messages
+def normalize_messages(row: dict, keys: Keys | None = None) -> list[dict]:
+    """One SFT row in any layout `batray.data.formats` recognises as validated messages ending with the
+    assistant's response (rows that make several examples, such as Self-Instruct's, go through
+    `batray.data.load.load_sft`)."""
+    try:
+        result = normalize("sft", row, keys)
+    except FormatError as e:
+        raise SampleError(str(e)) from None
+    if result.errors or len(result.rows) != 1:
+        problems = "; ".join(result.errors)
+        raise SampleError(f"{result.layout}: the row makes {len(result.rows)} examples"
+                          + (f" ({problems})" if problems else "") + "; read it with batray.data.load.load_sft")
+    return result.rows[0]["messages"]
 
 
 def chat_pieces(messages: list[dict]) -> list[tuple[str, bool]]:

@@ -14,27 +14,13 @@ import hashlib
 import logging
 
 from batray.config import RecipeConfig, join_uri
-from batray.data.io import exists, read_rows, write_parquet, write_rejected
+from batray.data.io import exists, write_parquet
+from batray.data.load import load_pairs_prompts
 from batray.data.schemas import PAIRS
 from batray.errors import BatrayError
 from batray.ray_session import init_ray
 
 log = logging.getLogger("batray.pairs")
-
-
-def load_prompts(cfg: RecipeConfig, src: str, out_dir: str) -> list[dict]:
-    """The usable prompt rows of `src` (at most `pairs.max_prompts`); rejected rows are written aside."""
-    if not exists(src):
-        raise BatrayError(f"pairs: no prompts at {src}; set pairs.prompts or run `batray data demo`")
-    rows, report = read_rows(src, "prompts")
-    log.info(report.summary(f"prompts {src}"))
-    write_rejected(report, join_uri(out_dir, "rejected_prompts.jsonl"))
-    rows = [r for r in rows if r["prompt"].strip()]
-    if cfg.pairs.max_prompts:
-        rows = rows[: cfg.pairs.max_prompts]
-    if not rows:
-        raise BatrayError(f"pairs: {src} has no usable prompts")
-    return rows
 
 
 def pair_ids(prompts: list[dict]) -> list[str]:
@@ -109,7 +95,7 @@ def generate_with_endpoint(url: str, model: str | None, prompts: list[str], cfg:
         raise BatrayError(f"pairs: endpoint {url} failed: {type(e).__name__}: {str(e)[:200]}") from None
 
 
-def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str, model_b: str | None, prompts: str,
+def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str, model_b: str | None, prompts,
               rollout_cls: type, world: str | None = None) -> str:
     """Write `<out_dir>/pairs.parquet`; returns its path (kept as is when it already exists).
 
@@ -138,7 +124,7 @@ def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str, model_b: str | N
     if model_b is not None and not is_url and not is_checkpoint_dir(model_b):
         raise BatrayError(f"pairs: model_b {model_b!r} is neither a checkpoint folder, an http(s) endpoint URL "
                           "nor `world`")
-    rows_in = load_prompts(cfg, prompts, out_dir)
+    rows_in = load_pairs_prompts(cfg, prompts, out_dir)
     texts = [r["prompt"] for r in rows_in]
     init_ray(cfg)
     log.info("pairs: %d prompts; A from %s, B from %s", len(texts), model_a, model_b or "the same model resampled")

@@ -1,6 +1,6 @@
 """The two data streams of a PPO run, with positions that checkpoints save and resumes restore.
 
-- `PromptStream`: RL prompts (the `prompts` contract), rendered with the chat template, served in a
+- `PromptStream`: RL prompts (any prompt layout `batray.data.formats` recognises), rendered with the chat template, served in a
   shuffled order per epoch that depends only on (seed, epoch); its state is (epoch, offset).
 - `PtxStream`: blocks of the pretraining corpus for Eq. 4's lambda_ptx term, built exactly like Eq. 1's
   bidirectional samples (`<|l2r|>` x and `<|r2l|>` reversed x, packed), in the same kind of order.
@@ -16,7 +16,9 @@ import logging
 import torch
 
 from batray.data.direction import IGNORE_INDEX, l2r_sample, pack_samples, r2l_sample
-from batray.data.io import read_rows
+from batray.data.formats import Keys
+from batray.data.io import read_rows, write_rejected
+from batray.data.load import load_prompts
 from batray.errors import DataError
 from batray.models.tokenizer import direction_ids
 
@@ -56,13 +58,16 @@ class _ShuffledCursor:
         self._order = self._perm(self.epoch)
 
 
-def render_prompt(tokenizer, prompt: str, fmt: str) -> list[int]:
-    """Token ids of a prompt: BatGPT chat format (ends with `[Assistant] `) or raw text after `<|l2r|>`."""
+def render_prompt(tokenizer, prompt: str | list[dict], fmt: str) -> list[int]:
+    """Token ids of a prompt: BatGPT chat format (ends with `[Assistant] `) or raw text after `<|l2r|>`.
+
+    prompt: the user's turn, or messages ending with it (raw: their texts, a blank line apart)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if fmt == "chat":
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
         return tokenizer.encode(text, add_special_tokens=False)
     l2r, _ = direction_ids(tokenizer)
-    return [l2r, *tokenizer.encode(prompt, add_special_tokens=False)]
+    return [l2r, *tokenizer.encode("\n\n".join(m["content"] for m in messages), add_special_tokens=False)]
 
 
 class PromptStream:
@@ -71,11 +76,17 @@ class PromptStream:
         self.cursor = _ShuffledCursor(len(prompt_ids), seed)
 
     @classmethod
-    def from_file(cls, uri: str, tokenizer, *, seed: int, max_prompt_tokens: int, fmt: str = "chat") -> "PromptStream":
-        rows, report = read_rows(uri, "prompts")
+    def from_file(cls, uri, tokenizer, *, seed: int, max_prompt_tokens: int, fmt: str = "chat",
+                  keys: Keys | None = None, rejected_out: str | None = None) -> "PromptStream":
+        """Prompts from a source in any prompt layout (`batray.data.load.load_prompts`; `keys`: the
+        `ppo.prompt_key` / `ppo.messages_key` naming a user's own columns); rejected rows are written to
+        `rejected_out` when given."""
+        rows, report = load_prompts(uri, keys)
+        if rejected_out is not None:
+            write_rejected(report, rejected_out)
         ids, too_long = [], 0
         for row in rows:
-            tokens = render_prompt(tokenizer, row["prompt"], fmt)
+            tokens = render_prompt(tokenizer, row["prompt"] if len(row["messages"]) == 1 else row["messages"], fmt)
             if len(tokens) > max_prompt_tokens:
                 too_long += 1
                 continue

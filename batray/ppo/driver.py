@@ -31,6 +31,7 @@ import torch
 from batray import hooks
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig
+from batray.data.formats import Keys
 from batray.errors import BatrayError
 from batray.groups import remote_error_line
 from batray.metrics import MetricsLogger
@@ -334,7 +335,8 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
     resume = state.latest_checkpoint(ckpt_root)
     tokenizer = load_tokenizer(policy_init)
     prompt_stream = PromptStream.from_file(prompts, tokenizer, seed=ppo.seed, max_prompt_tokens=ppo.max_prompt_tokens,
-                                           fmt=ppo.prompt_format)
+                                           fmt=ppo.prompt_format, keys=Keys.of("ppo", ppo),
+                                           rejected_out=str(out / "rejected_prompts.jsonl"))
     ptx_stream = None
     if ppo.ptx_coef > 0:
         ptx_stream = PtxStream.from_file(ptx_data, tokenizer, seed=ppo.seed, block_len=ppo.ptx_seq_len,

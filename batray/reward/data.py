@@ -1,13 +1,12 @@
 """Preference data -> tokenized (y, y', d) triples for the reward model (§3.3, Eq. 3).
 
-Two input layouts:
-
-- the preferences contract (docs/DESIGN.md §3): `pair_id, prompt, response_a, response_b, d` with d = -1 when
-  a is preferred, +1 when b is, 0 for a tie; y = response_a, y' = response_b. A row may carry
-  `messages` (the dialogue before the responses, ending with a user turn) instead of a bare prompt.
-- the common `chosen`/`rejected` layout: either whole dialogues in Anthropic HH-RLHF's
-  `\\n\\nHuman: ...\\n\\nAssistant: ...` text form (the shared turns are the context, the last assistant
-  turns are the responses), or with an explicit `prompt`. These map to y = chosen, y' = rejected, d = -1.
+`load_triples` reads any preference layout `batray.data.formats` recognises (batray's preferences
+schema; TRL's prompt/chosen/rejected as strings or message lists, with the prompt implicit when
+absent; Anthropic HH-RLHF's `\\n\\nHuman: ...\\n\\nAssistant: ...` dialogues; UltraFeedback
+binarized with its scores) as triples: the dialogue before the responses (ending with a user turn),
+y = response_a, y' = response_b, and d = -1 when a is preferred, +1 when b is, 0 for a tie. The
+chosen/rejected layouts map to y = chosen, y' = rejected, d = -1 (d = 0 for UltraFeedback's equal
+scores).
 
 Every response is rendered in BatGPT's chat format with its context, exactly as
 `batray.data.sft.chat_pieces` renders a dialogue, so the reward head reads the `<eop>` that ends the
@@ -18,13 +17,14 @@ tokens (the end, where the reward is read, always stays); both are counted.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
-from batray.data.io import RejectReport, read_rows
+from batray.data.formats import Keys, parse_hh_dialogue  # noqa: F401 (parse_hh_dialogue: re-exported)
+from batray.data.io import RejectReport
+from batray.data.load import load_preferences
 from batray.data.sft import chat_pieces
 from batray.errors import DataError
 
@@ -63,72 +63,16 @@ class EncodeReport:
                 f"{self.dropped_turns} sequences lost old turns, {self.cut_tokens} lost their oldest tokens")
 
 
-# ---- the chosen/rejected layout -------------------------------------------------------------------
+def load_triples(source, keys: Keys | None = None) -> tuple[list[Triple], RejectReport, str]:
+    """Preference triples from a source in any preference layout: (triples, rejects, layouts read).
 
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
-_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
-
-
-def parse_hh_dialogue(text: str) -> list[dict]:
-    """`\\n\\nHuman: q\\n\\nAssistant: a ...` -> messages; consecutive turns of one role are merged."""
-    parts = _HH_TURN.split(text)
-    if len(parts) < 3 or parts[0].strip():
-        raise ValueError("not a `\\n\\nHuman: ...\\n\\nAssistant: ...` dialogue")
-    messages: list[dict] = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        role = _HH_ROLE[speaker]
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += "\n\n" + content
-        else:
-            messages.append({"role": role, "content": content})
-    return messages
-
-
-def triple_from_chosen_rejected(row: dict, index: int) -> Triple:
-    """A chosen/rejected row as y = chosen, y' = rejected, d = -1 (a is preferred)."""
-    pair_id = str(row.get("pair_id") or row.get("id") or f"pair-{index:06d}")
-    if isinstance(row.get("prompt"), str):
-        return Triple(pair_id, [{"role": "user", "content": row["prompt"]}], row["chosen"], row["rejected"], -1)
-    chosen, rejected = parse_hh_dialogue(row["chosen"]), parse_hh_dialogue(row["rejected"])
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise ValueError("the dialogue does not end with an assistant turn")
-    if chosen[:-1] != rejected[:-1]:
-        raise ValueError("chosen and rejected differ before their last assistant turn")
-    context = chosen[:-1]
-    if not context or context[0]["role"] != "user":
-        raise ValueError("the dialogue does not start with a human turn")
-    return Triple(pair_id, context, chosen[-1]["content"], rejected[-1]["content"], -1)
-
-
-def triple_from_preference(row: dict) -> Triple:
-    """A preferences-contract row (already validated) as a triple."""
-    if row.get("messages"):
-        context = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        if context[-1]["role"] != "user":
-            raise ValueError("messages must end with the user's turn")
-    else:
-        context = [{"role": "user", "content": row["prompt"]}]
-    return Triple(str(row["pair_id"]), context, row["response_a"], row["response_b"], int(row["d"]))
-
-
-def load_triples(uri: str) -> tuple[list[Triple], RejectReport, str]:
-    """Read preference triples from a file or folder in either layout: (triples, rejects, layout)."""
-    rows, report = read_rows(uri, "preferences")
-    layout = "preferences"
-    if report.accepted == 0 and any(isinstance(r["row"], dict) and "chosen" in r["row"] for r in report.rejected):
-        rows, report = read_rows(uri, "chosen_rejected")
-        layout = "chosen_rejected"
-    triples: list[Triple] = []
-    for i, row in enumerate(rows):
-        try:
-            t = triple_from_preference(row) if layout == "preferences" else triple_from_chosen_rejected(row, i)
-        except (ValueError, KeyError, TypeError) as e:
-            report.rejected.append({"reason": f"bad {layout} row: {e}", "row": row})
-            continue
-        triples.append(t)
-    if not triples:
-        raise DataError(f"{uri!r}: no usable preference rows ({report.summary('preferences')})")
-    return triples, report, layout
+    keys: `reward.prompt_key` / `chosen_key` / `rejected_key` naming a user's own columns.
+    """
+    rows, report = load_preferences(source, keys)
+    if not rows:
+        raise DataError(f"{source!r}: no usable preference rows ({report.summary('preferences')})")
+    layout = "+".join(name for name, _ in report.layouts.most_common())
+    return [Triple(**r) for r in rows], report, layout
 
 
 # ---- rendering and tokenization ---------------------------------------------------------------------

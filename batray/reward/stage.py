@@ -16,7 +16,9 @@ from pathlib import Path
 
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig, join_uri
-from batray.data.io import exists, write_rejected
+from batray.data.formats import Keys
+from batray.data.io import write_rejected
+from batray.data.sources import source_exists
 from batray.errors import BatrayError, DataError
 from batray.models.presets import PRESETS, is_checkpoint_dir, is_hub_id
 from batray.ray_session import init_ray
@@ -28,7 +30,7 @@ from batray.train.stage import prepare_tokenizer, with_max_steps
 log = logging.getLogger("batray.reward")
 
 
-def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str, max_steps: int | None = None) -> str:
+def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps: int | None = None) -> str:
     """Train (or resume, or skip when complete) the reward model into `out_dir`; returns `out_dir/final`.
 
     init_from: a causal LM checkpoint (a fresh scalar head is added), a reward checkpoint, or a preset
@@ -45,10 +47,10 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str, ma
     if init_from not in PRESETS and not is_checkpoint_dir(init_from) and not is_hub_id(init_from):
         raise BatrayError(f"reward.init_from {init_from!r}: not a checkpoint folder, a hub id or a preset "
                           f"({', '.join(PRESETS)}); run `batray sft` first or set reward.init_from")
-    if not exists(data):
+    if not source_exists(data):
         raise DataError(f"reward data {data!r} does not exist; run `batray prefs` first or set reward.data")
 
-    triples, report, layout = load_triples(data)
+    triples, report, layout = load_triples(data, Keys.of("reward", cfg.reward))
     log.info("%s (%s layout)", report.summary(f"reward data {data}"), layout)
     write_rejected(report, join_uri(out_dir, "rejected_preferences.jsonl"))
     texts = lambda: (render(t.context, r) for t in triples for r in (t.response_a, t.response_b))  # noqa: E731

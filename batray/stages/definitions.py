@@ -116,7 +116,7 @@ def run_sft_stage(call: StageCall) -> dict:
 register(Stage(
     "sft", "§3.2, Eq. 2", "instruction tuning on prompt/response pairs and dialogues",
     (Input("model", ("sft.init_from",), latest_model(MODELS_BEFORE_SFT), kind="checkpoint"),
-     Input("data", ("data.sft",), demo_file("sft.jsonl"))),
+     Input("data", ("sft.data", "data.sft"), demo_file("sft.jsonl"))),
     _final, run_sft_stage,
 ))
 

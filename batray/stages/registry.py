@@ -195,8 +195,8 @@ def check_inputs(plan: StagePlan) -> None:
         for value in values:
             if not isinstance(value, str) or kinds[name] == "endpoint" or is_remote(value):
                 continue
-            if kinds[name] == "checkpoint" and (is_hub_id(value) or value in _presets()):
-                continue
+            if is_hub_id(value) or (kinds[name] == "checkpoint" and value in _presets()):
+                continue  # a hub model or dataset id: opened (where a hub is reachable) by the stage
             if not os.path.exists(value):
                 first = f"run `batray {r.stage}` first or " if r.stage else ""
                 raise BatrayError(f"{stage}: {name} {value!r} does not exist ({r.origin}); {first}set {setting}")

@@ -14,8 +14,10 @@ import numpy as np
 
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig, join_uri
-from batray.data.io import read_rows, write_rejected
-from batray.data.sft import SampleError, build_sft_sample, normalize_messages
+from batray.data.formats import Keys
+from batray.data.io import write_rejected
+from batray.data.load import load_sft
+from batray.data.sft import SampleError, build_sft_sample
 from batray.errors import DataError
 from batray.ray_session import init_ray
 from batray.train.launcher import fit
@@ -26,10 +28,10 @@ from batray.train.task import CausalLMTask, ModelSource, Objective
 log = logging.getLogger("batray.sft")
 
 
-def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str, max_steps: int | None = None) -> str:
+def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps: int | None = None) -> str:
     """Train (or resume, or skip when complete) Eq. 2 into `out_dir` from `init_from`; returns `out_dir/final`.
 
-    data: SFT rows (`messages`, or `prompt` + `response`).
+    data: a data source (`batray.config.sources.DataSpec`) of SFT rows in any layout batray reads.
     """
     import ray.data
 
@@ -38,15 +40,14 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data: str, max_s
         log.info("sft: %s is complete, skipping", final)
         return final
     scfg = with_max_steps(cfg.sft, max_steps)
-    rows, report = read_rows(data, "sft")
+    conversations, report = load_sft(data, Keys.of("sft", cfg.sft))
     tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, None, init_from)
     train_rows, eval_rows, truncated = [], [], 0
-    for row in rows:
+    for messages in conversations:
         try:
-            messages = normalize_messages(row)
             sample = build_sft_sample(tokenizer, messages, scfg.seq_len, scfg.loss_on)
         except SampleError as e:
-            report.rejected.append({"reason": str(e), "row": row})
+            report.rejected.append({"reason": str(e), "row": messages})
             continue
         truncated += sample.dropped_turns > 0
         padded = {k: np.asarray(v, dtype=np.int32)  # fixed-shape tensor columns in Ray Data
