@@ -1,6 +1,6 @@
 """The two data streams of a PPO run, with positions that checkpoints save and resumes restore.
 
-- `PromptStream`: RL prompts (the `prompts` contract), rendered with the chat template, served in a
+- `PromptStream`: RL prompts (the `prompts` contract), rendered with the model's chat template, served in a
   shuffled order per epoch that depends only on (seed, epoch); its state is (epoch, offset).
 - `PtxStream`: blocks of the pretraining corpus for Eq. 4's lambda_ptx term, built exactly like Eq. 1's
   bidirectional samples (`<|l2r|>` x and `<|r2l|>` reversed x, packed), in the same kind of order.
@@ -18,6 +18,7 @@ import torch
 from batray.data.direction import IGNORE_INDEX, l2r_sample, pack_samples, r2l_sample
 from batray.data.io import read_rows
 from batray.errors import DataError
+from batray.models.chat import chat_prompt_ids
 from batray.models.tokenizer import direction_ids
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ class _ShuffledCursor:
         self._order = self._perm(self.epoch)
 
 
-def render_prompt(tokenizer, prompt: str, fmt: str) -> list[int]:
-    """Token ids of a prompt: BatGPT chat format (ends with `[Assistant] `) or raw text after `<|l2r|>`."""
+def render_prompt(tokenizer, prompt: str | list[dict], fmt: str) -> list[int]:
+    """Token ids of a prompt. `chat`: one user turn (or a conversation ending with the user's) in the
+    model's chat template with its generation prompt. `raw`: the text as the tokenizer encodes it,
+    BOS included (`<|l2r|>` for a tokenizer with the direction tokens: its post-processor adds it)."""
     if fmt == "chat":
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
-        return tokenizer.encode(text, add_special_tokens=False)
-    l2r, _ = direction_ids(tokenizer)
-    return [l2r, *tokenizer.encode(prompt, add_special_tokens=False)]
+        return chat_prompt_ids(tokenizer, prompt)
+    return tokenizer(prompt)["input_ids"]
 
 
 class PromptStream:
