@@ -156,18 +156,18 @@ def test_reward_reads_the_end_of_turn_token(zoo, family):
     assert torch.allclose(rewards[0], alone, atol=1e-5)  # padding does not move where the head reads
 
 
-def overfit(model, tokenizer, conversation, steps: int = 60):
+def overfit(model, tokenizer, conversation, steps: int = 80):
     """Teach a random model one answer (and where it stops), so generation has something to stop at."""
     ids, labels = chat_sample(tokenizer, conversation)
     x, y = torch.tensor([ids]), torch.tensor([labels])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.eval()  # no dropout (GPT-2 has some): the same steps every run
     for _ in range(steps):
         loss = model(input_ids=x, labels=y).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval()
+    return model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -311,3 +311,23 @@ def test_a_model_batray_cannot_handle_is_one_line(tmp_path):
         with pytest.raises(BatrayError, match=names) as e:
             load(str(tmp_path / folder))
         assert "\n" not in str(e.value)
+
+
+def test_stage_tokenizer_and_workers_models_agree_for_a_stock_model(zoo, tmp_path):
+    """What a training stage does with a stock model: the driver prepares and saves the tokenizer
+    (Eq. 1 stage: direction tokens), each Ray Train worker loads the model resized to it, identically."""
+    from batray.config import RecipeConfig
+    from batray.train.stage import prepare_tokenizer
+    from batray.train.task import ModelSource
+
+    cfg = RecipeConfig.model_validate({"run_dir": str(tmp_path), "model": {"path": zoo["mistral"]}})
+    tok, tok_dir = prepare_tokenizer(cfg, str(tmp_path / "pretrain"), None, zoo["mistral"], directions=True)
+    assert tok("x")["input_ids"][0] == tok.convert_tokens_to_ids(L2R_TOKEN)
+    source = ModelSource(path=zoo["mistral"], seed=3, vocab_size=len(tok))
+    a, b = source.build(), source.build()
+    assert a.get_input_embeddings().num_embeddings == a.get_output_embeddings().weight.shape[0] == len(tok)
+    assert torch.equal(a.get_input_embeddings().weight, b.get_input_embeddings().weight)  # same rows on every worker
+    again, _ = prepare_tokenizer(cfg, str(tmp_path / "pretrain"), None, zoo["mistral"])  # a resumed run
+    assert len(again) == len(tok) and again.bos_token == L2R_TOKEN
+    reward_tok, _ = prepare_tokenizer(cfg, str(tmp_path / "reward"), None, zoo["mistral"], reward=True)
+    assert reward_tok.pad_token_id not in stop_token_ids(reward_tok)  # Mistral pads with </s>, its end of turn

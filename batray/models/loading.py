@@ -90,10 +90,11 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | 
 
     model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype,
                             need=CAUSAL_NEED)
-    if vocab_size:
-        if seed is not None:
-            torch.manual_seed(seed)
-        resize_embeddings(model, vocab_size, name=str(path))
+    if vocab_size and model.get_input_embeddings().num_embeddings < vocab_size:
+        with torch.random.fork_rng(devices=[]):  # the new rows come from `seed`; the caller's RNG is untouched
+            if seed is not None:
+                torch.manual_seed(seed)
+            resize_embeddings(model, vocab_size, name=str(path))
     return model.to(device)
 
 

@@ -74,6 +74,7 @@ class ModelSource:
 
         dtype = getattr(torch, self.dtype)
         if self.path is not None:  # any causal LM folder or hub id; resized rows are seeded: same on every worker
+            torch.manual_seed(self.seed)
             return load_causal_lm(self.path, dtype=dtype, vocab_size=self.vocab_size, seed=self.seed)
         return build_model(preset_config(self.preset, **self.overrides), seed=self.seed, dtype=dtype)
 
