@@ -13,7 +13,7 @@ import torch
 from batray.groups import DistributedWorker, busy
 from batray.checkpoint import save_hf_checkpoint
 from batray.config.rl import PpoConfig
-from batray.models.presets import load_causal_lm
+from batray.models.loading import load_model_and_tokenizer
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
@@ -38,7 +38,7 @@ class PolicyActor(DistributedWorker):
     def join_process_group(self, addr: str, port: int, backend: str | None, timeout_s: float) -> None:
         """Join the role's group, then build the DeepSpeed engine over it (ZeRO partitions across the ranks)."""
         super().join_process_group(addr, port, backend, timeout_s)
-        model = load_causal_lm(self.model_path, device=self.device)
+        model, _ = load_model_and_tokenizer(self.model_path, tokenizer=self.tokenizer, device=self.device)
         self.trainer = DeepSpeedTrainer(model, lr=self.cfg.actor_lr, cfg=self.cfg, world_size=self.world_size)
 
     @busy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from batray.groups import BusyClock, busy
-from batray.models.presets import load_causal_lm
+from batray.models.loading import load_model_and_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
 
@@ -14,7 +14,8 @@ class ReferenceActor(BusyClock):
     def __init__(self, model_path: str, micro_batch_size: int = 8):
         train.quiet_model_loading()
         self.device = default_device()
-        self.model = load_causal_lm(model_path, device=self.device).eval().requires_grad_(False)
+        model, _ = load_model_and_tokenizer(model_path, device=self.device)  # resized like the policy's, if at all
+        self.model = model.eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
 
     def ready(self) -> bool:

@@ -7,7 +7,8 @@ scoring is simply asked again.
 from __future__ import annotations
 
 from batray.groups import BusyClock, busy
-from batray.models.tokenizer import load_tokenizer, stop_token_ids
+from batray.models.chat import stop_token_ids
+from batray.models.tokenizer import load_tokenizer
 from batray.ppo import reward, train
 
 

@@ -16,21 +16,18 @@ class ChatSession:
 
     def __init__(self, checkpoint: str, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.7, top_p: float = 0.9, seed: int | None = 0,
-                 rerank_n: int = 1, rerank_weight: float = 0.5):
+                 rerank_n: int = 1, rerank_weight: float = 0.5, chat_template: str | None = None):
         import torch
 
-        from batray.models.presets import load_causal_lm
-        from batray.models.tokenizer import load_tokenizer, stop_token_ids
+        from batray.serve.chat import load_chat_model
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_causal_lm(checkpoint, device=self.device).eval()
-        self.tokenizer = load_tokenizer(checkpoint)
-        self.stop_ids = stop_token_ids(self.tokenizer)
+        loaded = load_chat_model(checkpoint, chat_template=chat_template)
+        self.device, self.model, self.tokenizer, self.stop_ids = loaded.device, loaded.model, loaded.tokenizer, loaded.stop_ids
         self.system = system
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
-        self.max_context = getattr(self.model.config, "max_position_embeddings", 2048)
+        self.max_context = loaded.max_context
         self.rerank_n, self.rerank_weight, self.seed = rerank_n, rerank_weight, seed
         self.reranker = None  # built on first use (batray.bidirectional.Reranker)
         self.last_rerank = None  # the last reply's candidates, when reranked
@@ -44,13 +41,10 @@ class ChatSession:
 
     def _prompt_ids(self) -> list[int]:
         """The rendered conversation, dropping the oldest turns while it leaves no room to answer."""
-        while True:
-            text = self.tokenizer.apply_chat_template(self.messages, tokenize=False)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            body_start = 1 if self.messages and self.messages[0]["role"] == "system" else 0
-            if len(ids) + self.max_new_tokens <= self.max_context or len(self.messages) - body_start <= 1:
-                return ids[-(self.max_context - self.max_new_tokens):]
-            del self.messages[body_start:body_start + 2]
+        from batray.serve.chat import conversation_ids
+
+        return conversation_ids(self.tokenizer, self.messages, max_context=self.max_context,
+                                max_new_tokens=self.max_new_tokens)
 
     def reply(self, user_text: str, out: TextIO = sys.stdout) -> str:
         import torch
@@ -65,7 +59,7 @@ class ChatSession:
             else dict(do_sample=False)
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                       max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids,
-                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                      pad_token_id=self.model.generation_config.pad_token_id, **sampling)
         worker = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         worker.start()
         pieces = []

@@ -1,7 +1,9 @@
 """Checkpoint folders (docs/DESIGN.md §2): a Hugging Face `save_pretrained` folder plus `batray.json`.
 
 `batray.json` records the stage, step, tokens seen, parent checkpoint and config hash. A stage whose
-final folder has `batray.json` with `"complete": true` is finished and is skipped on a rerun.
+final folder has `batray.json` with `"complete": true` is finished and is skipped on a rerun. A causal
+LM's `generation_config.json` names the tokenizer's stop tokens (the chat template's end of turn and
+EOS), so plain `generate`, vLLM and TGI stop where batray does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ MARKER = "batray.json"
 def save_hf_checkpoint(model, tokenizer, out_dir: str | Path, *, stage: str, step: int = 0, tokens_seen: int = 0,
                        parent: str | None = None, config_hash: str | None = None, extra: dict | None = None,
                        state_dict: dict | None = None) -> Path:
-    """Write model + tokenizer (+ chat template) + batray.json, atomically: into a temp folder, then rename.
+    """Write model + tokenizer (+ chat template, + generation config naming the stop tokens) + batray.json,
+    atomically: into a temp folder, then rename.
 
     `state_dict`: the weights to write when the module does not hold them in full (ZeRO-3 consolidated)."""
     out = Path(out_dir)
@@ -26,6 +29,10 @@ def save_hf_checkpoint(model, tokenizer, out_dir: str | Path, *, stage: str, ste
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    if tokenizer is not None:
+        from batray.models.loading import configure_generation
+
+        configure_generation(model, tokenizer)
     model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)

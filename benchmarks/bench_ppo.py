@@ -73,8 +73,9 @@ def config(steps: int):
 
 def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> list[dict[str, float]]:
     """The same steps with every model in this process: the compute a PPO step cannot avoid."""
+    from batray.models.chat import stop_token_ids
     from batray.models.presets import load_causal_lm
-    from batray.models.tokenizer import load_tokenizer, stop_token_ids
+    from batray.models.tokenizer import load_tokenizer
     from batray.objectives.ppo import make_kl_controller
     from batray.ppo import train
     from batray.ppo.batch import Sample, collate
@@ -134,10 +135,10 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
 
 def with_ray(cfg, policy_path: str, prompts: str, corpus: str, work: Path, cpus: int) -> list[dict[str, float]]:
     import ray
-
-    from batray.metrics import read_metrics
     from conftest import WORKER_ENV
+
     from actors import kit
+    from batray.metrics import read_metrics
     from batray.ppo.driver import run_ppo
 
     ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=WORKER_ENV, log_to_driver=False)

@@ -2,7 +2,8 @@
 Eqs. 5-7 and reports its deviation, bad requests fail before anything is written.
 
 Tiny GLM (the BatGPT family: fused gate/up, QKV bias, grouped KV heads, partial rotary, untied head),
-Llama (with attention/MLP biases) and Qwen2 (tied head) models are built from config in the test.
+Llama (with attention/MLP biases), Mistral and Qwen2 (tied head) models are built from config in the
+test; stock checkpoints with their own tokenizers (`model_zoo`) are expanded and then generate.
 Weights are drawn larger than the default init and norm weights are randomized, so logits are O(1)
 and a wrong mapping (e.g. a copied norm weight in the wrong place) shows far above float32 rounding.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from batray.errors import BatrayError
 from batray.expansion import Request, expand, plan_expansion
@@ -46,6 +47,12 @@ def llama_config():
                        tie_word_embeddings=False, max_position_embeddings=128)
 
 
+def mistral_config():
+    return MistralConfig(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=None,
+                         tie_word_embeddings=False, max_position_embeddings=128)
+
+
 def qwen2_tied_config():
     return Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -56,7 +63,8 @@ def qwen2_tied_config():
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("expand_src")
     return {name: _save_random(make(), root / name) for name, make in
-            (("glm", glm_config), ("llama", llama_config), ("qwen2_tied", qwen2_tied_config))}
+            (("glm", glm_config), ("llama", llama_config), ("mistral", mistral_config),
+              ("qwen2_tied", qwen2_tied_config))}
 
 
 IDS = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(7))
@@ -78,7 +86,7 @@ def assert_same_function(src, dst):
 EXACT_WIDTH = Request(hidden_size=64, intermediate_size=96, num_heads=8, num_kv_heads=4, method="exact")
 
 
-@pytest.mark.parametrize("arch", ["glm", "llama", "qwen2_tied"])
+@pytest.mark.parametrize("arch", ["glm", "llama", "mistral", "qwen2_tied"])
 def test_exact_width_x2_preserves_logits(sources, tmp_path, arch):
     dst = tmp_path / "wide"
     report = expand(sources[arch], dst, EXACT_WIDTH, probe=False)
@@ -107,7 +115,7 @@ def test_exact_noise_cancels_yet_separates_copies(sources, tmp_path):
     assert not torch.allclose(q[:, :32], q[:, 32:]), "noise should make the two copies of each input unit differ"
 
 
-@pytest.mark.parametrize("arch", ["glm", "llama"])
+@pytest.mark.parametrize("arch", ["glm", "llama", "mistral"])
 def test_zero_stacking_preserves_logits_and_copy_stacking_does_not(sources, tmp_path, arch):
     zero, copy = tmp_path / "zero", tmp_path / "copy"
     expand(sources[arch], zero, Request(num_layers=4, stack="zero"), probe=False)
@@ -191,7 +199,7 @@ def test_unknown_architecture_fails_before_writing(tmp_path):
     from transformers import GPT2Config
 
     src = _save_random(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2), tmp_path / "gpt2")
-    with pytest.raises(BatrayError, match="unknown architecture 'gpt2'"):
+    with pytest.raises(BatrayError, match="cannot expand model type 'gpt2'.*fused c_attn"):
         expand(src, tmp_path / "never", Request(hidden_size=32))
     assert not (tmp_path / "never").exists()
 
@@ -203,3 +211,37 @@ def test_probe_streams_layers_from_disk_for_models_too_big_for_memory(sources):
     in_memory = logits_of(sources["llama"], IDS)
     offloaded = logits_of(sources["llama"], IDS, offload=True)
     assert torch.allclose(in_memory, offloaded, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_expanded_stock_checkpoint_keeps_its_tokenizer_and_generates(tmp_path, family):
+    """A stock checkpoint with its own tokenizer and chat template, grown in width and depth: the
+    tokenizer files travel along, batray adds no token, and the expanded model serves right away."""
+    from model_zoo import build_checkpoint
+    from transformers import AutoTokenizer
+
+    from batray.models.chat import chat_prompt_ids
+    from batray.models.loading import load_model_and_tokenizer
+    from batray.rollout.engine import HFRolloutEngine, SamplingParams
+
+    src = build_checkpoint(family, tmp_path / family)
+    dst = tmp_path / "grown"
+    expand(src, dst, Request(hidden_size=64, intermediate_size=128, num_heads=8, num_kv_heads=4, num_layers=4,
+                             method="exact"), probe=False)
+    assert AutoTokenizer.from_pretrained(dst).chat_template == AutoTokenizer.from_pretrained(src).chat_template
+    ref, out = logits(src), logits(dst)  # default-initialized weights: small logits, so a relative check
+    assert (ref - out).abs().max() <= 1e-4 * ref.abs().max()
+    model, tok = load_model_and_tokenizer(str(dst))
+    assert model.get_input_embeddings().num_embeddings == len(tok) == len(AutoTokenizer.from_pretrained(src))
+    prompt = chat_prompt_ids(tok, [{"role": "user", "content": "What is the capital of Veloria?"}])
+    done = HFRolloutEngine(model, tok).generate([prompt], SamplingParams(temperature=0, max_new_tokens=4))[0]
+    assert len(done.token_ids) >= 1 and done.prompt_ids == prompt
+
+
+def test_gpt2_is_refused_in_one_line(tmp_path):
+    from model_zoo import build_checkpoint
+
+    src = build_checkpoint("gpt2", tmp_path / "gpt2")
+    with pytest.raises(BatrayError) as e:
+        expand(src, tmp_path / "never", Request(num_layers=4))
+    assert "model type 'gpt2'" in str(e.value) and "\n" not in str(e.value)

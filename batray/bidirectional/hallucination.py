@@ -65,8 +65,9 @@ class Tally:
 
 
 def chat_prompt_ids(tokenizer, question: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    from batray.models.chat import chat_prompt_ids as prompt_ids
+
+    return prompt_ids(tokenizer, question)
 
 
 def measure(model, tokenizer, world: World, questions: list[dict], *, n: int, weight: float,

@@ -72,7 +72,7 @@ def make_rerank_hook(defaults: RerankConfig | None = None):
         return rerankers[key]
 
     def prompt_ids(req, served) -> list[int]:
-        from batray.models.tokenizer import L2R_TOKEN
+        from batray.models.chat import SampleError, chat_prompt_ids
 
         tok = served.tokenizer
         if isinstance(req, ChatCompletionRequest):
@@ -81,7 +81,10 @@ def make_rerank_hook(defaults: RerankConfig | None = None):
                             for m in req.messages]
             except ValueError as e:
                 raise APIError(400, str(e), param="messages") from None
-            return tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+            try:
+                return chat_prompt_ids(tok, messages)
+            except SampleError as e:
+                raise APIError(400, str(e), param="messages") from None
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return list(prompt)
@@ -89,7 +92,7 @@ def make_rerank_hook(defaults: RerankConfig | None = None):
             if len(prompt) != 1:
                 raise APIError(400, "rerank takes one prompt per request", param="prompt")
             prompt = prompt[0]
-        return tok((L2R_TOKEN if not prompt.startswith(L2R_TOKEN) else "") + prompt, add_special_tokens=False)["input_ids"]
+        return tok(prompt)["input_ids"]  # <|l2r|> first: the tokenizer adds it (its BOS)
 
     def params(req, chat: bool) -> SamplingParams:
         set_ = req.model_fields_set

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Schema(BaseModel):
@@ -50,12 +50,24 @@ class ModelConfig(Schema):
     )
     vocab_size: int = Field(default=1024, ge=300, description="size of the BPE trained when tokenizer is null")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template: str | None = Field(
+        default=None,
+        description="batgpt (BatGPT's format), model (the model's own, required) or a path to a .jinja file; "
+        "null: the model's own template, BatGPT's for a model without one",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
         if self.preset is None and self.path is None:
             raise ValueError("set either preset or path")
         return self
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_choice(cls, v: str | None) -> str | None:
+        if v is None or v in ("batgpt", "model") or v.endswith((".jinja", ".j2")):
+            return v
+        raise ValueError(f"chat_template must be batgpt, model or a path to a .jinja file, not {v!r}")
 
 
 class DeepSpeedConfig(Schema):

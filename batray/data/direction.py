@@ -14,7 +14,8 @@ IGNORE_INDEX = -100
 
 
 def l2r_sample(token_ids: list[int], l2r_id: int, eos_id: int) -> list[int]:
-    """`<|l2r|> x_1 ... x_n <eos>`."""
+    """`<|l2r|> x_1 ... x_n <eos>`: what a batray tokenizer's `tokenizer(text)` gives (its post-processor
+    adds `<|l2r|>` as BOS), plus EOS; `token_ids` are encoded without special tokens."""
     return [l2r_id, *token_ids, eos_id]
 
 

@@ -1,20 +1,21 @@
 """SFT sample building (Eq. 2): chat rendering, label masking, truncation from the oldest turns.
 
-The sample is tokenized piece by piece (prefix, response, prefix, response ...), so response token
-boundaries are exact; pieces are BatGPT's chat format (docs/DESIGN.md §4).
+Samples render with the tokenizer's own chat template (`batray.models.chat.chat_sample`): the text is
+cut at every assistant turn's start and end and tokenized piece by piece, so the response token
+boundaries are exact and the prompt tokens are those a generation request sees. `chat_pieces` is
+BatGPT's format written out by hand (what its template renders), for reading and for texts that need
+no tokenizer (training a BPE on the data).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batray.data.direction import IGNORE_INDEX
 from batray.data.formats import FormatError, Keys, normalize
+from batray.models.chat import SampleError, chat_sample
 from batray.models.tokenizer import EOP_TOKEN, EOT_TOKEN, L2R_TOKEN
 
-
-class SampleError(ValueError):
-    """A sample that cannot be used (bad roles, response too long); counted and written aside."""
+__all__ = ["SampleError", "SftSample", "build_sft_sample", "chat_pieces", "normalize_messages"]
 
 
 def normalize_messages(row: dict, keys: Keys | None = None) -> list[dict]:
@@ -33,7 +34,8 @@ def normalize_messages(row: dict, keys: Keys | None = None) -> list[dict]:
 
 
 def chat_pieces(messages: list[dict]) -> list[tuple[str, bool]]:
-    """Render to (text, is_assistant_content) pieces; their concatenation is the chat template's output."""
+    """BatGPT's format as (text, is_assistant_content) pieces; their concatenation is what its template
+    renders for a tokenizer whose BOS is `<|l2r|>`."""
     pieces: list[tuple[str, bool]] = []
     prefix = L2R_TOKEN
     turn = 0
@@ -71,20 +73,7 @@ def build_sft_sample(tokenizer, messages: list[dict], max_len: int, loss_on: str
     turns = messages[len(system):]
     dropped = 0
     while True:
-        pieces = chat_pieces(system + turns)
-        ids: list[int] = []
-        labels: list[int] = []
-        n_assistant = sum(1 for _, a in pieces if a)
-        seen = 0
-        for text, is_assistant in pieces:
-            tok = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids += tok
-            if is_assistant:
-                seen += 1
-                train = loss_on == "all" or seen == n_assistant
-            else:
-                train = False
-            labels += tok if train else [IGNORE_INDEX] * len(tok)
+        ids, labels = chat_sample(tokenizer, system + turns, loss_on)
         if len(ids) <= max_len:
             return SftSample(ids, labels, dropped)
         if len(turns) <= 2:

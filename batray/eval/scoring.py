@@ -35,32 +35,40 @@ def is_endpoint(model: str) -> bool:
 
 
 class LocalBackend:
-    """A causal LM checkpoint on this process's device."""
+    """A causal LM checkpoint (folder or hub id) on this process's device.
+
+    Plain prompts are encoded as the tokenizer encodes text, its BOS included (`<|l2r|>` for a batray
+    checkpoint: Eq. 1 taught it every left-to-right text after that token; the tokenizer adds it);
+    `chat` prompts are already rendered by the chat template, which writes its own BOS.
+    """
 
     def __init__(self, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 8,
-                 model=None, tokenizer=None):
-        from batray.checkpoint import read_marker
-        from batray.models.presets import load_causal_lm
-        from batray.models.tokenizer import L2R_TOKEN, load_tokenizer
+                 model=None, tokenizer=None, chat: bool = False, chat_template: str | None = None):
+        from batray.models.loading import load_model_and_tokenizer
 
         self.name = path
-        self.model = (model if model is not None else load_causal_lm(path, dtype=dtype, device=device)).eval()
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(path, tokenizer=tokenizer, chat_template=chat_template,
+                                                        dtype=dtype)
+        elif tokenizer is None:
+            from batray.models.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(path, chat_template=chat_template)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.chat = chat
         self.device = torch.device(device)
         self.model.to(self.device)
         self.batch_size = batch_size
-        # batray checkpoints learned every left-to-right text after <|l2r|> (Eq. 1): put it first.
-        batray_trained = model is not None or read_marker(path) is not None
-        self.prefix = [self.tokenizer.convert_tokens_to_ids(L2R_TOKEN)] if batray_trained else []
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
         self._letter_ids: dict[str, list[int]] = {}
         self.truncated = 0  # prompts cut from the left because they exceeded the context
 
     # -- tokens -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=not self.prefix)
-        # A chat-wrapped prompt already starts with <|l2r|> (BatGPT's chat template puts it first).
-        return ids if self.prefix and ids[:1] == self.prefix else self.prefix + ids
+        bos = self.tokenizer.bos_token
+        rendered = self.chat or bool(bos and text.startswith(bos))  # a template wrote the BOS already
+        return self.tokenizer.encode(text, add_special_tokens=not rendered)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -217,7 +225,7 @@ class EndpointBackend:
 
 
 def make_backend(model: str, *, device: str = "cpu", batch_size: int = 8, chat: bool = False,
-                 served_model: str | None = None, api_key: str | None = None):
+                 served_model: str | None = None, api_key: str | None = None, chat_template: str | None = None):
     if is_endpoint(model):
         return EndpointBackend(model, served_model=served_model, api_key=api_key, chat=chat, batch_size=batch_size)
-    return LocalBackend(model, device=device, batch_size=batch_size)
+    return LocalBackend(model, device=device, batch_size=batch_size, chat=chat, chat_template=chat_template)

@@ -77,15 +77,15 @@ class PromptFitter:
     """
 
     def __init__(self, model: str | None = None, *, tokenizer=None, context: int | None = None,
-                 prefix_tokens: int = 0, chat: bool = False):
+                 prefix_tokens: int | None = None, chat: bool = False, chat_template: str | None = None):
         if model is not None and tokenizer is None:
-            from batray.checkpoint import read_marker
             from batray.models.presets import resolve_config
             from batray.models.tokenizer import load_tokenizer
 
-            tokenizer = load_tokenizer(model)
+            tokenizer = load_tokenizer(model, chat_template=chat_template)
             context = int(getattr(resolve_config(model), "max_position_embeddings", 0) or 4096)
-            prefix_tokens = 1 if read_marker(model) is not None else 0  # <|l2r|>, see scoring.LocalBackend
+        if prefix_tokens is None:  # the BOS the tokenizer adds to plain prompts (see scoring.LocalBackend)
+            prefix_tokens = 0 if tokenizer is None or chat else len(tokenizer("")["input_ids"])
         self.tokenizer = tokenizer
         self.context = context
         self.prefix_tokens = prefix_tokens

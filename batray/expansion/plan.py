@@ -24,7 +24,14 @@ import torch
 from batray.errors import BatrayError
 from batray.expansion.mapping import UnitMap, exact_map, fpi_map, grouped_head_maps
 
-SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2")
+# Decoder layers with separate q/k/v projections, RMSNorm and a gated MLP (fused or not): the GLM layout.
+SUPPORTED_MODEL_TYPES = ("glm", "llama", "mistral", "qwen2")
+# Why some common types are refused (one line each).
+UNSUPPORTED_WHY = {
+    "gpt2": "its fused c_attn/c_proj Conv1D weights and LayerNorm have no mapping",
+    "gemma": "its embedding is scaled by sqrt(hidden_size), which width growth changes",
+    "gemma2": "its embedding is scaled by sqrt(hidden_size), which width growth changes",
+}
 
 # Per tensor: the space each axis lives in, and the axis the layer reads (Eq. 7 divides it).
 # Spaces: vocab, hidden, q (query heads x head_dim), kv (KV heads x head_dim), ffn, ffn2 (fused gate;up).
@@ -167,7 +174,8 @@ def target_sizes(cfg: dict, request: Request, where: str = "config.json") -> dic
     """
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise BatrayError(f"unknown architecture {model_type!r} in {where}; expansion supports "
+        why = UNSUPPORTED_WHY.get(model_type, "expansion maps GLM-like decoder layers only")
+        raise BatrayError(f"cannot expand model type {model_type!r} ({where}): {why}; expansion supports "
                           f"{', '.join(SUPPORTED_MODEL_TYPES)}")
 
     hidden, ffn = cfg["hidden_size"], cfg["intermediate_size"]

@@ -37,8 +37,9 @@ def pair_ids(prompts: list[dict]) -> list[str]:
 
 
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False) for p in prompts]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    from batray.models.chat import chat_prompts_ids
+
+    return chat_prompts_ids(tokenizer, prompts)
 
 
 def generate_with_engines(model: str, prompts: list[str], cfg: RecipeConfig, seeds: list[int],

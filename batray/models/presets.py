@@ -3,7 +3,8 @@
 `batgpt-15b` is the released BatGPT-15B shape expressed as transformers' `GlmForCausalLM`: 48 layers,
 hidden 5632, 44 query heads of 128, 2 KV heads, SwiGLU 13696 with a fused gate/up projection, QKV
 bias, rotary on half of each head, RMSNorm, untied head, vocabulary 65,536. `batgpt-tiny` is the same
-family at test size. Any Hugging Face causal LM loads from a path or hub name.
+family at test size. Any Hugging Face causal LM loads from a path or hub name
+(`batray.models.loading`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GlmConfig, PretrainedConfig, PreTrainedModel
 
 from batray.errors import BatrayError
+from batray.models.loading import load_causal_lm  # noqa: F401 - the historical import path
 
 # Ids of <pad>, <|endoftext|> and <|l2r|> in a tokenizer trained by batray (SPECIAL_TOKENS order).
 _SPECIAL_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2)
@@ -82,15 +84,6 @@ def build_model(config: PretrainedConfig, seed: int | None = None, dtype: torch.
     if seed is not None:
         torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
-
-
-def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> PreTrainedModel:
-    """Load a causal LM checkpoint (local folder or hub name) with a one-line error on failure."""
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise BatrayError(f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}") from None
-    return model.to(device)
 
 
 def count_parameters(config: PretrainedConfig) -> int:

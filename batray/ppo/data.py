@@ -1,6 +1,6 @@
 """The two data streams of a PPO run, with positions that checkpoints save and resumes restore.
 
-- `PromptStream`: RL prompts (any prompt layout `batray.data.formats` recognises), rendered with the chat template, served in a
+- `PromptStream`: RL prompts (any prompt layout `batray.data.formats` recognises), rendered with the model's chat template, served in a
   shuffled order per epoch that depends only on (seed, epoch); its state is (epoch, offset).
 - `PtxStream`: blocks of the pretraining corpus for Eq. 4's lambda_ptx term, built exactly like Eq. 1's
   bidirectional samples (`<|l2r|>` x and `<|r2l|>` reversed x, packed), in the same kind of order.
@@ -20,6 +20,7 @@ from batray.data.formats import Keys
 from batray.data.io import read_rows, write_rejected
 from batray.data.load import load_prompts
 from batray.errors import DataError
+from batray.models.chat import chat_prompt_ids
 from batray.models.tokenizer import direction_ids
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,14 @@ class _ShuffledCursor:
 
 
 def render_prompt(tokenizer, prompt: str | list[dict], fmt: str) -> list[int]:
-    """Token ids of a prompt: BatGPT chat format (ends with `[Assistant] `) or raw text after `<|l2r|>`.
-
-    prompt: the user's turn, or messages ending with it (raw: their texts, a blank line apart)."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    """Token ids of a prompt. `chat`: one user turn (or a conversation ending with the user's) in the
+    model's chat template with its generation prompt. `raw`: the text (messages: their texts, a blank line
+    apart) as the tokenizer encodes it, BOS included (`<|l2r|>` for a tokenizer with the direction
+    tokens: its post-processor adds it)."""
     if fmt == "chat":
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return tokenizer.encode(text, add_special_tokens=False)
-    l2r, _ = direction_ids(tokenizer)
-    return [l2r, *tokenizer.encode("\n\n".join(m["content"] for m in messages), add_special_tokens=False)]
+        return chat_prompt_ids(tokenizer, prompt)
+    text = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+    return tokenizer(text)["input_ids"]
 
 
 class PromptStream:

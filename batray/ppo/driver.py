@@ -35,6 +35,7 @@ from batray.data.formats import Keys
 from batray.errors import BatrayError
 from batray.groups import remote_error_line
 from batray.metrics import MetricsLogger
+from batray.models.loading import prepare_checkpoint
 from batray.models.tokenizer import load_tokenizer
 from batray.objectives.ppo import make_kl_controller
 from batray.ppo import state
@@ -333,6 +334,13 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
 
     ckpt_root = out / "ckpt"
     resume = state.latest_checkpoint(ckpt_root)
+    # Eq. 1's ptx term reads right to left: a stock policy gets the direction tokens (embeddings resized,
+    # saved once under ppo/init so the policy, reference and rollout engines load the same weights).
+    given_policy = policy_init
+    policy_init = prepare_checkpoint(policy_init, str(out / "init"), chat_template=cfg.model.chat_template,
+                                     directions=ppo.ptx_coef > 0 and ppo.ptx_bidirectional, seed=ppo.seed)
+    if critic_init == given_policy:
+        critic_init = policy_init
     tokenizer = load_tokenizer(policy_init)
     prompt_stream = PromptStream.from_file(prompts, tokenizer, seed=ppo.seed, max_prompt_tokens=ppo.max_prompt_tokens,
                                            fmt=ppo.prompt_format, keys=Keys.of("ppo", ppo),

@@ -8,10 +8,12 @@ y = response_a, y' = response_b, and d = -1 when a is preferred, +1 when b is, 0
 chosen/rejected layouts map to y = chosen, y' = rejected, d = -1 (d = 0 for UltraFeedback's equal
 scores).
 
-Every response is rendered in BatGPT's chat format with its context, exactly as
-`batray.data.sft.chat_pieces` renders a dialogue, so the reward head reads the `<eop>` that ends the
-assistant turn. Sequences too long for `max_len` lose their oldest turns first, then their oldest
-tokens (the end, where the reward is read, always stays); both are counted.
+Every response is rendered with its context in the model's chat template, exactly as SFT renders a
+dialogue (`batray.models.chat.chat_sample`), and ends with the template's end-of-turn token
+(`<eop>` in BatGPT's format, `<|im_end|>` in ChatML ...), which is where the reward head reads: the
+same tokens PPO's reward scores (the prompt's ids, then the sampled response up to its stop token).
+Sequences too long for `max_len` lose their oldest turns first, then their oldest tokens (the end,
+where the reward is read, always stays); both are counted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from batray.data.io import RejectReport
 from batray.data.load import load_preferences
 from batray.data.sft import chat_pieces
 from batray.errors import DataError
+from batray.models.chat import SampleError, render_chat, response_ids
 
 
 @dataclass
@@ -56,11 +59,15 @@ class EncodeReport:
     dropped_turns: int = 0  # sequences that lost old turns
     cut_tokens: int = 0  # sequences that lost their oldest tokens after that
     counts: Counter = field(default_factory=Counter)  # d -> count
+    refused: list = field(default_factory=list)  # (pair_id, reason): the chat template refused the dialogue
 
     def summary(self) -> str:
         d = self.counts
-        return (f"{self.total} triples (a preferred {d[-1]}, b preferred {d[1]}, ties {d[0]}); "
-                f"{self.dropped_turns} sequences lost old turns, {self.cut_tokens} lost their oldest tokens")
+        out = (f"{self.total} triples (a preferred {d[-1]}, b preferred {d[1]}, ties {d[0]}); "
+               f"{self.dropped_turns} sequences lost old turns, {self.cut_tokens} lost their oldest tokens")
+        if self.refused:
+            out += f"; {len(self.refused)} refused by the chat template (e.g. {self.refused[0][1]})"
+        return out
 
 
 def load_triples(source, keys: Keys | None = None) -> tuple[list[Triple], RejectReport, str]:
@@ -78,22 +85,27 @@ def load_triples(source, keys: Keys | None = None) -> tuple[list[Triple], Reject
 # ---- rendering and tokenization ---------------------------------------------------------------------
 
 
-def render(context: list[dict], response: str) -> str:
-    """The chat-format text of `context` followed by the assistant's `response` (ends with `<eop>`)."""
-    return "".join(text for text, _ in chat_pieces(context + [{"role": "assistant", "content": response}]))
+def render(context: list[dict], response: str, tokenizer=None) -> str:
+    """The chat text of `context` followed by the assistant's `response`: the tokenizer's template, or
+    without a tokenizer BatGPT's format (ends with `<eop>`; e.g. to train a BPE on the data)."""
+    messages = context + [{"role": "assistant", "content": response}]
+    if tokenizer is not None:
+        return render_chat(tokenizer, messages)
+    return "".join(text for text, _ in chat_pieces(messages))
 
 
 def encode_response(tokenizer, context: list[dict], response: str, max_len: int) -> tuple[list[int], bool, bool]:
     """Token ids of context + response, fitted to `max_len`: (ids, dropped_turns, cut_tokens).
 
     Old user/assistant turn pairs go first (a system message stays); if the last exchange alone is
-    still too long, the oldest tokens go, keeping the first token (`<|l2r|>`) and the end.
+    still too long, the oldest tokens go, keeping the first token (the BOS, `<|l2r|>` for a batray
+    tokenizer) and the end. A conversation the chat template refuses raises `SampleError`.
     """
     system = context[:1] if context and context[0]["role"] == "system" else []
     turns = context[len(system):]
     dropped = False
     while True:
-        ids = tokenizer(render(system + turns, response), add_special_tokens=False)["input_ids"]
+        ids = response_ids(tokenizer, system + turns, response)
         if len(ids) <= max_len or len(turns) <= 1:
             break
         turns = turns[2:]
@@ -107,8 +119,12 @@ def encode_triples(tokenizer, triples: list[Triple], max_len: int) -> tuple[list
     out: list[EncodedTriple] = []
     report = EncodeReport()
     for t in triples:
-        ids_a, drop_a, cut_a = encode_response(tokenizer, t.context, t.response_a, max_len)
-        ids_b, drop_b, cut_b = encode_response(tokenizer, t.context, t.response_b, max_len)
+        try:
+            ids_a, drop_a, cut_a = encode_response(tokenizer, t.context, t.response_a, max_len)
+            ids_b, drop_b, cut_b = encode_response(tokenizer, t.context, t.response_b, max_len)
+        except SampleError as e:
+            report.refused.append((t.pair_id, str(e)))
+            continue
         out.append(EncodedTriple(t.pair_id, ids_a, ids_b, t.d))
         report.total += 1
         report.dropped_turns += drop_a + drop_b

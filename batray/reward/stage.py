@@ -54,7 +54,8 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
     log.info("%s (%s layout)", report.summary(f"reward data {data}"), layout)
     write_rejected(report, join_uri(out_dir, "rejected_preferences.jsonl"))
     texts = lambda: (render(t.context, r) for t in triples for r in (t.response_a, t.response_b))  # noqa: E731
-    tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, texts, None if init_from in PRESETS else init_from)
+    tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, texts, None if init_from in PRESETS else init_from,
+                                           reward=True)
     encoded, enc_report = encode_triples(tokenizer, triples, rcfg.seq_len)
     train, held = split_held_out(encoded, rcfg.held_out_fraction)
     log.info("encoded %s; %d train / %d held out", enc_report.summary(), len(train), len(held))

@@ -13,7 +13,8 @@ from typing import Protocol
 
 import torch
 
-from batray.models.tokenizer import stop_token_ids
+from batray.models.chat import stop_token_ids
+from batray.models.tokenizer import pad_id
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class HFRolloutEngine:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.stop_ids = stop_token_ids(tokenizer)
-        self.pad_id = tokenizer.pad_token_id
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        self.pad_id = pad_id(tokenizer)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
@@ -125,11 +126,10 @@ class HFRolloutEngine:
 
 
 def make_engine(model_path: str, backend: str = "auto", device: str = "cpu", sleep_mode: bool = False,
-                **kwargs) -> RolloutEngine:
-    """An engine for a checkpoint: vLLM when asked (or `auto` with CUDA and vLLM installed), else HF.
-    `sleep_mode`: vLLM may `sleep` between generations (colocated PPO on GPU)."""
-    from batray.models.presets import load_causal_lm
-    from batray.models.tokenizer import load_tokenizer
+                chat_template: str | None = None, **kwargs) -> RolloutEngine:
+    """An engine for a checkpoint (folder or hub id): vLLM when asked (or `auto` with CUDA and vLLM
+    installed), else HF. `sleep_mode`: vLLM may `sleep` between generations (colocated PPO on GPU)."""
+    from batray.models.loading import load_model_and_tokenizer
 
     if backend == "vllm" or (backend == "auto" and torch.cuda.is_available() and _vllm_available()):
         from batray.rollout.vllm_engine import VLLMRolloutEngine  # lazy: optional CUDA-only extra
@@ -137,7 +137,8 @@ def make_engine(model_path: str, backend: str = "auto", device: str = "cpu", sle
         return VLLMRolloutEngine(model_path, enable_sleep_mode=sleep_mode, **kwargs)
     if backend not in ("auto", "hf"):
         raise ValueError(f"unknown rollout backend {backend!r}")
-    return HFRolloutEngine(load_causal_lm(model_path, device=device), load_tokenizer(model_path), device=device, **kwargs)
+    model, tokenizer = load_model_and_tokenizer(model_path, chat_template=chat_template, device=device)
+    return HFRolloutEngine(model, tokenizer, device=device, **kwargs)
 
 
 def _vllm_available() -> bool:

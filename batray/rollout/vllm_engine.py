@@ -18,10 +18,23 @@ from __future__ import annotations
 
 import torch
 
-from batray.models.tokenizer import load_tokenizer, stop_token_ids
+from batray.errors import BatrayError
+from batray.models.chat import stop_token_ids
+from batray.models.tokenizer import load_tokenizer
 from batray.rollout.engine import Completion, SamplingParams
 
 WORKER_EXTENSION = "batray.rollout.vllm_worker.WeightLoader"
+
+
+def check_vllm_vocab(model_path: str, tokenizer) -> None:
+    """vLLM loads the weights as saved: a tokenizer that gained tokens needs a checkpoint resized first."""
+    from batray.models.loading import read_config
+
+    vocab = getattr(read_config(model_path).get_text_config(), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise BatrayError(f"{model_path!r}: the tokenizer batray prepares has {len(tokenizer)} tokens but the model "
+                          f"{vocab} embedding rows; vLLM cannot resize: write a resized copy first "
+                          "(batray.models.loading.prepare_checkpoint)")
 
 
 class VLLMRolloutEngine:
@@ -30,6 +43,7 @@ class VLLMRolloutEngine:
         from vllm import LLM
 
         self.tokenizer = load_tokenizer(model_path)
+        check_vllm_vocab(model_path, self.tokenizer)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.sleep_mode = enable_sleep_mode
         self.asleep = False

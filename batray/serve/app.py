@@ -2,8 +2,9 @@
 
 `create_app(served)` builds a FastAPI app around a `ServedModel` (a tokenizer plus a generator, HF or
 vLLM). Every request becomes rows of a `BatchingEngine`, so concurrent clients share batches. Chat
-prompts are rendered with the checkpoint's chat template (BatGPT's format, docs/DESIGN.md §4); plain
-completions start with `<|l2r|>` like every left-to-right sequence. Errors use OpenAI's envelope
+prompts are rendered with the checkpoint's chat template and its generation prompt, and generation
+stops at the template's end-of-turn token; plain completions are encoded as the tokenizer encodes
+text (its BOS first: `<|l2r|>` for a batray checkpoint). Errors use OpenAI's envelope
 (`{"error": {"message", "type", "param", "code"}}`) with 400/401/404 statuses, so the official
 `openai` client raises its usual exceptions.
 
@@ -28,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from batray.models.chat import SampleError, chat_prompt_ids
 from batray.serve.batching import BatchingEngine
 from batray.serve.generation import GenRow, StepOut
 from batray.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
@@ -59,29 +61,31 @@ class APIError(Exception):
 
 
 def load_served_model(checkpoint: str, *, backend: str = "auto", device: str = "auto", name: str | None = None,
-                      default_max_tokens: int = 256) -> ServedModel:
-    """Load a checkpoint folder for serving: the vLLM generator when asked (or `auto` on CUDA with vLLM
-    installed), else transformers on `device`."""
+                      default_max_tokens: int = 256, chat_template: str | None = None) -> ServedModel:
+    """Load a checkpoint folder (or hub id) for serving: the vLLM generator when asked (or `auto` on CUDA
+    with vLLM installed), else transformers on `device`. `chat_template`: as `model.chat_template`
+    (None: the model's own, BatGPT's when it has none)."""
     import os
 
     import torch
 
-    from batray.models.tokenizer import load_tokenizer
     from batray.rollout.engine import _vllm_available
 
-    tokenizer = load_tokenizer(checkpoint)
     served_name = name or os.path.basename(os.path.normpath(checkpoint))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if backend == "vllm" or (backend == "auto" and device.startswith("cuda") and _vllm_available()):
+        from batray.models.tokenizer import load_tokenizer
         from batray.serve.vllm_backend import VLLMGenerator  # lazy: optional CUDA-only extra
 
+        tokenizer = load_tokenizer(checkpoint, chat_template=chat_template)
         generator = VLLMGenerator(checkpoint, tokenizer)
     else:
-        from batray.models.presets import load_causal_lm
+        from batray.models.loading import load_model_and_tokenizer
         from batray.serve.generation import HFGenerator
 
-        generator = HFGenerator(load_causal_lm(checkpoint, device=device), tokenizer, device=device)
+        model, tokenizer = load_model_and_tokenizer(checkpoint, chat_template=chat_template, device=device)
+        generator = HFGenerator(model, tokenizer, device=device)
     return ServedModel(served_name, tokenizer, generator, default_max_tokens)
 
 
@@ -157,8 +161,10 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
                         for m in req.messages]
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        text = served.tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt_ids = served.tokenizer(text, add_special_tokens=False)["input_ids"]
+        try:
+            prompt_ids = chat_prompt_ids(served.tokenizer, messages)
+        except SampleError as e:
+            raise APIError(400, str(e), param="messages") from None
         if req.guided_choice is not None:
             return await _guided_choice(req, prompt_ids)
         top = (req.top_logprobs or 0) if req.logprobs else None
@@ -230,17 +236,13 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
         return served.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _completion_prompts(prompt) -> list[list[int]]:
-        from batray.models.tokenizer import L2R_TOKEN
-
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             vocab = len(served.tokenizer)
             if any(t < 0 or t >= vocab for t in prompt):
                 raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
             return [list(prompt)]
         texts = [prompt] if isinstance(prompt, str) else prompt
-        has_l2r = L2R_TOKEN in served.tokenizer.get_vocab()
-        return [served.tokenizer((L2R_TOKEN if has_l2r and not t.startswith(L2R_TOKEN) else "") + t,
-                                 add_special_tokens=False)["input_ids"] for t in texts]
+        return [served.tokenizer(t)["input_ids"] for t in texts]  # BOS by the tokenizer, as vLLM does
 
     def _rows(prompt_ids: list[int], req, max_tokens: int | None, top: int | None) -> list[GenRow]:
         room = served.context_len - len(prompt_ids)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from batray.models.tokenizer import stop_token_ids
+from batray.models.chat import stop_token_ids
+from batray.models.tokenizer import pad_id
 
 
 @dataclass
@@ -90,8 +91,8 @@ class HFGenerator:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.stop_ids = set(stop_token_ids(tokenizer))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.stop_ids = set(stop_token_ids(tokenizer, getattr(model, "generation_config", None)))
+        self.pad_id = pad_id(tokenizer)
         self.context_len = int(getattr(model.config, "max_position_embeddings", 2048))
         self._token_text: dict[int, str] = {}
         self.lock = threading.Lock()  # one forward at a time: the generation loop and choice scoring

@@ -15,6 +15,9 @@ class VLLMGenerator:
     def __init__(self, model_path: str, tokenizer, **engine_kwargs):
         from vllm import LLM  # lazy: optional dependency
 
+        from batray.rollout.vllm_engine import check_vllm_vocab
+
+        check_vllm_vocab(model_path, tokenizer)
         self.llm = LLM(model=model_path, tokenizer=model_path, **engine_kwargs)
         self.tokenizer = tokenizer
         self.context_len = int(self.llm.llm_engine.model_config.max_model_len)
@@ -22,9 +25,9 @@ class VLLMGenerator:
     def generate(self, rows: list[GenRow]) -> None:
         from vllm import SamplingParams, TokensPrompt
 
-        from batray.models.tokenizer import EOP_TOKEN
+        from batray.models.chat import stop_token_ids
 
-        stop_ids = [self.tokenizer.convert_tokens_to_ids(EOP_TOKEN), self.tokenizer.eos_token_id]
+        stop_ids = stop_token_ids(self.tokenizer)
         params = [
             SamplingParams(
                 temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, stop=r.stop or None,

@@ -40,7 +40,8 @@ def run_pretrain(cfg: RecipeConfig, out_dir: str, *, corpus: str, init_from: str
     write_rejected(report, join_uri(out_dir, "rejected_corpus.jsonl"))
     if not rows:
         raise DataError(f"corpus {corpus}: no usable rows ({report.summary('corpus')})")
-    tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, lambda: (r["text"] for r in rows), init_from)
+    tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, lambda: (r["text"] for r in rows), init_from,
+                                           directions=True)  # Eq. 1: the direction tokens, <|l2r|> as BOS
 
     init_ray(cfg)
     datasets = corpus_datasets(corpus, tokenizer, cfg, pcfg)

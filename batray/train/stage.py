@@ -43,26 +43,39 @@ def with_max_steps(section: TrainConfig, max_steps: int | None) -> TrainConfig:
         raise ConfigError(format_validation_error(e, f"max_steps={max_steps}")) from None
 
 
-def prepare_tokenizer(cfg: RecipeConfig, out_dir: str, texts, init_from: str | None):
+def prepare_tokenizer(cfg: RecipeConfig, out_dir: str, texts, init_from: str | None, *, directions: bool = False,
+                      reward: bool = False):
     """The stage's tokenizer, saved to `<out_dir>/tokenizer` (a resumed run reuses that copy).
 
     Order: the saved copy; the checkpoint's tokenizer when continuing from one; `model.tokenizer`;
-    else a byte-level BPE of `model.vocab_size` trained on `texts` (a callable returning an iterable).
+    `model.path`'s; else a byte-level BPE of `model.vocab_size` trained on `texts` (a callable returning
+    an iterable). Prepared with `model.chat_template`; `directions`: the stage trains Eq. 1 (the
+    direction tokens are added, `<|l2r|>` as BOS); `reward`: a pad token distinct from the stop tokens.
+    The model is resized to the tokenizer on the workers (`ModelSource.vocab_size`).
     """
     from batray.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 
     tok_dir = Path(out_dir, "tokenizer")
     if (tok_dir / "tokenizer_config.json").exists():
         return load_tokenizer(str(tok_dir)), str(tok_dir)
+    options = dict(chat_template=cfg.model.chat_template, directions=directions)
     if init_from is not None:
-        tokenizer = load_tokenizer(init_from)
+        tokenizer = load_tokenizer(init_from, **options)
     elif cfg.model.tokenizer is not None:
-        tokenizer = load_tokenizer(cfg.model.tokenizer)
+        tokenizer = load_tokenizer(cfg.model.tokenizer, **options)
     elif cfg.model.path is not None:
-        tokenizer = load_tokenizer(cfg.model.path)
+        tokenizer = load_tokenizer(cfg.model.path, **options)
     else:
         log.info("training a byte-level BPE tokenizer (vocab %d) on the corpus", cfg.model.vocab_size)
         tokenizer = train_bpe(texts(), vocab_size=cfg.model.vocab_size)
+        if cfg.model.chat_template not in (None, "batgpt"):
+            from batray.models.chat import apply_chat_template_choice
+
+            apply_chat_template_choice(tokenizer, cfg.model.chat_template)
+    if reward:
+        from batray.reward.model import prepare_reward_tokenizer
+
+        prepare_reward_tokenizer(tokenizer)
     tok_dir.mkdir(parents=True, exist_ok=True)
     save_tokenizer(tokenizer, tok_dir)
     return load_tokenizer(str(tok_dir)), str(tok_dir)

@@ -60,7 +60,7 @@ class TrainTask:
 
 @dataclass
 class ModelSource:
-    """Where a worker gets its model: a checkpoint folder, or a preset plus GlmConfig overrides."""
+    """Where a worker gets its model: a checkpoint folder or hub id, or a preset plus GlmConfig overrides."""
 
     path: str | None = None
     preset: str | None = None
@@ -70,15 +70,13 @@ class ModelSource:
     vocab_size: int | None = None  # resize embeddings up to this (a tokenizer that gained tokens)
 
     def build(self) -> torch.nn.Module:
-        from batray.models.presets import build_model, load_causal_lm, preset_config
+        from batray.models.loading import load_causal_lm
+        from batray.models.presets import build_model, preset_config
 
         dtype = getattr(torch, self.dtype)
-        if self.path is not None:
-            torch.manual_seed(self.seed)  # resized rows are initialized randomly: same on every worker
-            model = load_causal_lm(self.path, dtype=dtype)
-            if self.vocab_size and model.get_input_embeddings().num_embeddings < self.vocab_size:
-                model.resize_token_embeddings(self.vocab_size)
-            return model
+        if self.path is not None:  # any causal LM folder or hub id; resized rows are seeded: same on every worker
+            torch.manual_seed(self.seed)
+            return load_causal_lm(self.path, dtype=dtype, vocab_size=self.vocab_size, seed=self.seed)
         return build_model(preset_config(self.preset, **self.overrides), seed=self.seed, dtype=dtype)
 
 
