@@ -35,6 +35,7 @@ CORPUS = [
     "You are a helpful assistant. Be brief. Hello, how are you? I am fine, thank you.",
     "维洛里亚的首都是马尔内。马尔内是维洛里亚的首都。你好，世界！",
     "system user assistant [INST] [/INST] [Turn 1] [User] [Assistant] hello world 0123456789",
+    "Answer: A. Answer: B. Answer: C. Answer: D. A B C D",  # multiple-choice letters, as every real vocabulary has
 ] * 10
 
 FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "glm")
