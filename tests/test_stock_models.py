@@ -58,13 +58,13 @@ def preference_rows(layout: str) -> list[dict]:
     return [{"prompt": q, "chosen": a, "rejected": w} for q, a, w in triples]
 
 
-# family -> (SFT layout, preference layout, whether expand supports the architecture)
+# family -> (SFT layout, preference layout, eval prompts in the chat template, expand supports the architecture)
 FAMILIES = {
-    "llama": ("alpaca", "hh", True),
-    "qwen2": ("sharegpt", "trl_conversational", True),
-    "mistral": ("completion", "ultrafeedback", True),
-    "gpt2": ("messages", "trl_strings", False),
-    "glm": ("self_instruct", "trl_strings", True),
+    "llama": ("alpaca", "hh", True, True),
+    "qwen2": ("sharegpt", "trl_conversational", False, True),
+    "mistral": ("completion", "ultrafeedback", True, True),
+    "gpt2": ("messages", "trl_strings", False, False),
+    "glm": ("self_instruct", "trl_strings", True, True),
 }
 
 TINY = [
@@ -94,7 +94,7 @@ def test_stock_checkpoint_through_the_recipe(family, tmp_path, ray_session, benc
     from batray.models.chat import stop_token_ids
     from batray.serve import start_server
 
-    sft_layout, pref_layout, expandable = FAMILIES[family]
+    sft_layout, pref_layout, eval_chat, expandable = FAMILIES[family]
     stock = build_checkpoint(family, tmp_path / "stock")
     original = AutoTokenizer.from_pretrained(stock)
     sft = _write(tmp_path / "sft.jsonl", sft_rows(sft_layout))
@@ -102,7 +102,7 @@ def test_stock_checkpoint_through_the_recipe(family, tmp_path, ray_session, benc
     prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
     run = tmp_path / "run"
     argv = ["run", "--run-dir", str(run), f"model.path={stock}", f"sft.data={sft}", f"reward.data={prefs}",
-            f"ppo.prompts={prompts}", f"eval.data={benchmarks}", *TINY]
+            f"ppo.prompts={prompts}", f"eval.data={benchmarks}", f"eval.chat={str(eval_chat).lower()}", *TINY]
     assert cli(argv) == 0
 
     state = json.loads((run / "run_state.json").read_text())
@@ -141,5 +141,9 @@ def test_stock_checkpoint_through_the_recipe(family, tmp_path, ray_session, benc
         report = json.loads((wide / "expansion.json").read_text())
         assert report["deviation"]["max_abs"] < 1e-3 * max(1.0, report["deviation"]["reference_logit_std"])
         assert AutoModelForCausalLM.from_pretrained(wide).config.hidden_size == 2 * heads.hidden_size
+        with start_server(str(wide)) as handle:  # the expanded model serves as the original did
+            reply = openai.OpenAI(base_url=handle.url, api_key="EMPTY").completions.create(
+                model=handle.model, prompt=QUESTIONS[1], max_tokens=3, temperature=0)
+            assert isinstance(reply.choices[0].text, str)
     else:
         assert rc == 2  # refused in one line, naming the model type
