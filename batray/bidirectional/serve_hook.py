@@ -82,13 +82,12 @@ def make_rerank_hook(defaults: RerankConfig | None = None):
             except ValueError as e:
                 raise APIError(400, str(e), param="messages") from None
             return tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        batch = req.prompt_batch()
+        if len(batch) != 1:
+            raise APIError(400, "rerank takes one prompt per request", param="prompt")
+        prompt = batch[0]
+        if isinstance(prompt, list):  # token ids
             return list(prompt)
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(400, "rerank takes one prompt per request", param="prompt")
-            prompt = prompt[0]
         return tok((L2R_TOKEN if not prompt.startswith(L2R_TOKEN) else "") + prompt, add_special_tokens=False)["input_ids"]
 
     def params(req, chat: bool) -> SamplingParams:
