@@ -184,7 +184,15 @@ def test_a_bad_row_fails_its_own_request_only(served):
     assert good == {0: "length"} and bad == {0: "error", 1: "length"}
 
 
-def test_oversize_request_refused_and_large_one_split_fairly(served):
+def _wait_rows_started(engine, before: int, timeout: float = 60) -> None:
+    """Until the engine has handed rows beyond `before` to a batch (the request is being decoded)."""
+    deadline = time.monotonic() + timeout
+    while engine.rows_run <= before:
+        assert time.monotonic() < deadline, "the request never reached a batch"
+        time.sleep(0.002)
+
+
+def test_oversize_request_refused(served):
     with start_server(served, batch_wait_ms=2, max_batch_size=4, max_rows_per_request=32) as h:
         r = _post(h, "/completions", _fixed(h, n=9, prompt=["a", "b", "c", "d"]))
         err = r.json()["error"]
@@ -192,21 +200,27 @@ def test_oversize_request_refused_and_large_one_split_fairly(served):
         with pytest.raises(openai.BadRequestError, match="max_rows_per_request"):
             openai.OpenAI(base_url=h.url, api_key="x", max_retries=0).chat.completions.create(
                 model=h.model, messages=[{"role": "user", "content": "hi"}], n=33)
+        assert _post(h, "/completions", _fixed(h, n=8, prompt=["a", "b", "c", "d"])).status_code == 200  # 32 fit
 
+
+def test_a_large_request_is_split_and_does_not_hold_a_small_one(served):
+    with start_server(served, batch_wait_ms=2, max_batch_size=4) as h:
+        engine = h.app.state.engine
         tokens = 150
         # the bound: one full engine batch of this length on the idle server (median of three)
         one_batch = sorted(_timed(lambda: _post(h, "/completions", _fixed(h, n=4, max_tokens=tokens))) for _ in range(3))[1]
         done: dict[str, float] = {}
-        before = h.app.state.engine.batches_run
+        before = engine.batches_run
 
         def large():
             r = _post(h, "/completions", _fixed(h, n=8, prompt=["a", "b", "c", "d"], max_tokens=tokens))
             assert r.status_code == 200 and len(r.json()["choices"]) == 32
             done["large"] = time.perf_counter()
 
+        rows_before = engine.rows_run
         thread = threading.Thread(target=large)
         thread.start()
-        _wait_for(h, "running_rows", 1)
+        _wait_rows_started(engine, rows_before)
         start = time.perf_counter()
         r = _post(h, "/completions", _fixed(h, max_tokens=tokens))
         done["small"] = time.perf_counter()
@@ -216,7 +230,7 @@ def test_oversize_request_refused_and_large_one_split_fairly(served):
         assert done["small"] < done["large"], "the small request waited for the whole large one"
         # it waits for at most the running batch, then rides in the next one
         assert small / one_batch < 3.0, (small, one_batch)
-        assert h.app.state.engine.batches_run - before >= 32 // 4  # the large request was split
+        assert engine.batches_run - before >= 32 // 4  # the large request was split
 
 
 def test_full_queue_answers_429_with_retry_after(served):
@@ -247,8 +261,9 @@ def test_a_disconnected_request_frees_the_engine(served, stream):
         engine = h.app.state.engine
         per_50 = sorted(_timed(lambda: _post(h, "/completions", _fixed(h, max_tokens=50))) for _ in range(3))[1]
         # ~the whole context (1024 positions): about 20 times the 50-token request, left behind by its client
+        rows_before = engine.rows_run
         sock = _raw_request(h, _fixed(h, max_tokens=10**9, stream=stream))
-        _wait_for(h, "running_rows", 1)
+        _wait_rows_started(engine, rows_before)
         sock.close()
         after = _timed(lambda: _post(h, "/completions", _fixed(h, max_tokens=1)))
         assert after < 5 * per_50, (after, per_50)  # without cancelling it waits ~20 x per_50
@@ -316,7 +331,7 @@ def _read_reply(sock: socket.socket) -> str:
 
 
 def test_body_limit_413_before_the_api_key(served):
-    with start_server(served, api_key="k-1", max_body_bytes=64 * 1024) as h:
+    with start_server(served, api_key="k-1") as h:  # the default limit, 4 MiB
         host, port = _base(h).removeprefix("http://").split(":")
         # a declared 100 MB body, no key: refused from the header, before anything is read
         with socket.create_connection((host, int(port))) as sock:
@@ -329,11 +344,11 @@ def test_body_limit_413_before_the_api_key(served):
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
             sent = 0
-            while not select.select([sock], [], [], 0.01)[0] and sent < 100 * 2**20:
-                sock.sendall(b"1000\r\n" + b"x" * 4096 + b"\r\n")
-                sent += 4096
+            while not select.select([sock], [], [], 0.002)[0] and sent < 100 * 2**20:
+                sock.sendall(b"4000\r\n" + b"x" * 16384 + b"\r\n")
+                sent += 16384
             reply = _read_reply(sock)
-        assert reply.startswith("HTTP/1.1 413") and "65536 bytes" in reply, reply
-        assert sent < 2**20  # the server answered soon after the limit, not at the end of the body
+        assert reply.startswith("HTTP/1.1 413") and "4194304 bytes" in reply, reply
+        assert sent < 8 * 2**20  # the server answered soon after the limit, not at the end of the body
         # a small body without the key: 401 as before
         assert _post(h, "/completions", {"model": h.model, "prompt": "x"}).status_code == 401

@@ -22,7 +22,6 @@ import uvicorn
 from batray.errors import BatrayError
 from batray.serve.app import ServedModel, create_app, load_served_model
 
-
 log = logging.getLogger("batray.serve")
 
 
