@@ -133,7 +133,7 @@ class Label(Base):
         CheckConstraint("slot >= 0 AND slot < needed", name="at_most_needed_labels"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    task_id: Mapped[int] = mapped_column(Integer, index=True)  # references tasks through (task_id, needed)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     needed: Mapped[int] = mapped_column(Integer)  # the task's `needed` (the foreign key keeps them equal)
     slot: Mapped[int] = mapped_column(Integer)
