@@ -21,14 +21,15 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import func, select as sql_select
+from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
+from test_annotate_server import make_server, write_pairs  # noqa: F401 (fixture)
 
 from batray.annotate.db import Assignment, Database, Label, Task, add_user, utcnow
 from batray.annotate.labels import export
 from batray.annotate.store import Conflict, Store, import_tasks
 from batray.data.schemas import check_preferences
-from test_annotate_server import make_server, write_pairs  # noqa: F401 (fixture)
 
 
 def _label(task_id, helpfulness="left_better", **kw) -> dict:
