@@ -68,7 +68,8 @@ def serve(args: argparse.Namespace, cfg: RecipeConfig) -> int:
         log.warning("no admin yet: `batray annotate add-user NAME --admin` creates one for the admin view")
     host, port = args.host or acfg.host, args.port or acfg.port
     log.info("annotation page on http://%s:%d/ (database %s)", host, port, db.url)
-    uvicorn.run(create_app(db, lease_minutes=acfg.lease_minutes), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(db, lease_minutes=acfg.lease_minutes, max_body_bytes=acfg.max_body_bytes), host=host, port=port,
+                log_level="warning")
     return 0
 
 

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from batray.bidirectional.serve_hook import make_rerank_hook
 
     run_server(served, host=host, port=port, api_key=api_key, max_batch_size=cfg.max_batch_size,
-               batch_wait_ms=cfg.batch_wait_ms, rerank=make_rerank_hook(cfg.rerank))  # `rerank` field: issue 11
+               batch_wait_ms=cfg.batch_wait_ms, max_rows_per_request=cfg.max_rows_per_request,
+               max_queued_rows=cfg.max_queued_rows, max_body_bytes=cfg.max_body_bytes,
+               rerank=make_rerank_hook(cfg.rerank))  # `rerank` field: issue 11
     return 0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from batray.annotate.agreement import agreement_summary, cohen_kappa
 from batray.annotate.db import Database, Task, add_user
-from batray.annotate.labels import export, export_rows, helpfulness_to_ab, helpfulness_to_d
+from batray.annotate.labels import HUMAN_PREFERENCES, export, export_rows, helpfulness_to_ab, helpfulness_to_d
 from batray.annotate.store import Conflict, NotFound, Store, import_tasks, task_order_and_overlap
 from batray.data.schemas import PAIRS, PREFERENCES
 
@@ -117,7 +117,9 @@ def test_export_maps_left_right_to_a_b_for_both_orders(db, tmp_path):
             assert (row["d"], row["helpfulness"], row["acceptable_a"], row["acceptable_b"]) == (1, "b_better", False, True)
     out = tmp_path / "human.parquet"
     assert export(db, str(out)) == 40
-    assert pq.read_table(out).schema.equals(PREFERENCES)
+    schema = pq.read_table(out).schema
+    assert schema.equals(HUMAN_PREFERENCES) and schema.names[: len(PREFERENCES)] == PREFERENCES.names
+    assert not any(r["admin_override"] for r in rows)
     assert export(db, str(tmp_path / "human.jsonl")) == 40
 
 
@@ -129,6 +131,7 @@ def test_agreement_summary_on_doubly_labeled_tasks(db, tmp_path):
     answers = {1: ["both_good", "both_bad", "left_better", "right_better"], 2: ["both_good", "both_bad", "left_better", "left_better"]}
     for user, helps in answers.items():
         for task_id, h in zip(range(1, 5), helps):
+            assert store.next_task(user)["task_id"] == task_id  # handed out in order
             store.submit(user, task_id, True, True, h, None)
     summary = agreement_summary(db)
     with db.read() as s:

@@ -173,7 +173,7 @@ def test_serve_reports_a_missing_task_file_in_one_line(tmp_path, capsys):
 
 def test_serve_then_export_writes_the_preferences_contract(make_server, tmp_path, capsys):
     from batray.data.io import read_rows
-    from batray.data.schemas import PREFERENCES
+    from batray.annotate.labels import HUMAN_PREFERENCES
 
     server = make_server(n_tasks=3)
     token = server.add_user("alice")
@@ -186,7 +186,7 @@ def test_serve_then_export_writes_the_preferences_contract(make_server, tmp_path
     out = tmp_path / "human.parquet"
     batray(capsys, "annotate", "export", str(out), "--db", server.db_url)
     table = pq.read_table(out)
-    assert table.schema.equals(PREFERENCES)
+    assert table.schema.equals(HUMAN_PREFERENCES)  # the preferences contract + admin_override
     rows, report = read_rows(str(out), "preferences")
     assert report.accepted == 3 and not report.rejected
     for row in rows:

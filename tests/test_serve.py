@@ -96,7 +96,10 @@ def test_completions_logprobs_echo_and_stop(server, client):
                                   logprobs=2, echo=True)
     assert len(r.choices) == 2 and r.choices[0].text.startswith("Marnet is")
     lp = r.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) and all(len(t) <= 2 for t in lp.top_logprobs)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    # echo covers the prompt's tokens first (the first has nothing to predict it), then the completion's
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(len(t) <= 2 for t in lp.top_logprobs[1:]) and all(v <= 0 for v in lp.token_logprobs[1:])
     # stop strings: cut the greedy text at a substring of itself
     full = client.completions.create(model=server.model, prompt="Marnet is", max_tokens=12, temperature=0).choices[0].text
     clean = [i for i in range(1, len(full) - 1) if full[i:i + 2].strip() and "\ufffd" not in full[i:i + 2]]

@@ -3,15 +3,22 @@
 Scripts authenticate with `Authorization: Bearer TOKEN`; the browser trades the token for an
 HttpOnly, SameSite=Strict session cookie (`POST /api/session`) with the same rights. Every request
 to /api without a valid token or session is refused with 401. Bad requests get a 4xx with a one-line
-`detail`. A label's 201 is sent only after its transaction committed.
+`detail` (every integer is range-checked, ids to SQLite's signed 64 bits); an unexpected failure is
+a JSON 500 without a traceback. A label's 201 is sent only after its transaction committed, and
+only for a task `/api/next` handed to that annotator (admins may send `"override": true`).
+
+Bodies are limited per route (`BodyLimit`: 413 from Content-Length or while the body streams in,
+before the token is looked up): `/api/labels` takes `annotate.max_body_bytes`, the other routes a
+few KiB. `HEAD` answers like `GET` without a body on the pages and /healthz.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +30,9 @@ from sqlalchemy import delete, select
 from batray.annotate.agreement import agreement_summary
 from batray.annotate.db import BrowserSession, Database, User, hash_token
 from batray.annotate.store import Conflict, NotFound, Store
+from batray.http_limits import BodyLimit
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "batray_session"
@@ -38,20 +48,27 @@ SECURITY_HEADERS = {
 }
 
 
+SMALL_BODY_BYTES = 4096  # a sign-in or a skip is a few dozen bytes
+
+# Database ids: SQLite stores signed 64-bit integers, so larger values would overflow in the driver.
+TaskId = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+
+
 class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class LabelIn(StrictBody):
-    task_id: StrictInt
+    task_id: TaskId
     acceptable_left: StrictBool
     acceptable_right: StrictBool
     helpfulness: Literal["left_better", "right_better", "both_good", "both_bad"]
     comment: str | None = Field(default=None, max_length=5000)
+    override: StrictBool = False  # admins only: label a task that was not handed to them (recorded)
 
 
 class SkipIn(StrictBody):
-    task_id: StrictInt
+    task_id: TaskId
 
 
 class LoginIn(StrictBody):
@@ -75,9 +92,11 @@ def _one_line(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(db: Database, lease_minutes: float = 30.0) -> FastAPI:
+def create_app(db: Database, lease_minutes: float = 30.0, max_body_bytes: int = 64 * 1024) -> FastAPI:
     store = Store(db, lease_minutes=lease_minutes)
     app = FastAPI(title="batray annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limits={"/api/labels": max_body_bytes}, default=SMALL_BODY_BYTES,
+                       error_body=lambda message: {"detail": message})
     app.state.db = db
 
     @app.middleware("http")
@@ -90,6 +109,12 @@ def create_app(db: Database, lease_minutes: float = 30.0) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": f"malformed request: {_one_line(exc)}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"},
+                            status_code=500)
 
     def annotator(request: Request) -> Annotator:
         """The caller from a bearer token or a session cookie; 401 otherwise."""
@@ -116,7 +141,7 @@ def create_app(db: Database, lease_minutes: float = 30.0) -> FastAPI:
             raise HTTPException(403, "admin only: create an admin token with `batray annotate add-user NAME --admin`")
         return who
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     def healthz() -> dict:
         return {"ok": True}
 
@@ -153,9 +178,11 @@ def create_app(db: Database, lease_minutes: float = 30.0) -> FastAPI:
 
     @app.post("/api/labels", status_code=201)
     def post_label(body: LabelIn, who: Annotator = Depends(annotator)) -> dict:
+        if body.override and not who.is_admin:
+            raise HTTPException(403, "override is for admins: label the task /api/next gives you")
         try:
             label_id = store.submit(who.id, body.task_id, body.acceptable_left, body.acceptable_right,
-                                    body.helpfulness, body.comment)
+                                    body.helpfulness, body.comment, override=body.override)
         except NotFound as e:
             raise HTTPException(404, str(e)) from None
         except Conflict as e:
@@ -187,11 +214,11 @@ def create_app(db: Database, lease_minutes: float = 30.0) -> FastAPI:
     def admin_summary(_who: Annotator = Depends(admin)) -> dict:
         return {**store.summary(), "agreement": agreement_summary(db)}
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
-    @app.get("/admin")
+    @app.api_route("/admin", methods=["GET", "HEAD"])
     def admin_page() -> FileResponse:
         return FileResponse(STATIC / "admin.html", media_type="text/html; charset=utf-8")
 

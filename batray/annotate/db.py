@@ -4,6 +4,12 @@ SQLite by default (WAL journal, synchronous=FULL, so a commit survives a killed 
 SQLAlchemy URL otherwise (PostgreSQL for a team). Every write is one transaction: on SQLite a write
 transaction starts with BEGIN IMMEDIATE, so concurrent writers queue on the busy timeout instead of
 failing on a lock upgrade, and two annotators submitting at the same moment both land.
+
+The label rules are constraints of the database itself, so they hold whatever writes (concurrent
+requests, another process, a restarted server): one label per (task, annotator), and at most
+`needed` labels per task. The second is portable SQL without triggers: each label takes a `slot`
+in [0, needed) of its task, unique per task, with `needed` copied into the label and tied to the
+task's by a composite foreign key, so the CHECK on the slot can see it.
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ from pathlib import Path
 
 from sqlalchemy import (
     Boolean,
+    CheckConstraint,
     DateTime,
     Engine,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -83,6 +93,8 @@ class Task(Base):
     """
 
     __tablename__ = "tasks"
+    # the target of the labels' (task_id, needed) foreign key; `id` alone is already unique
+    __table_args__ = (UniqueConstraint("id", "needed", name="task_id_needed"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     pair_id: Mapped[str] = mapped_column(String(200), unique=True)
     prompt: Mapped[str] = mapped_column(Text)
@@ -107,13 +119,25 @@ class Assignment(Base):
 
 
 class Label(Base):
-    """One annotator's answer for one task, in display terms (left/right). Unique per (task, annotator)."""
+    """One annotator's answer for one task, in display terms (left/right).
+
+    Unique per (task, annotator); `slot` in [0, needed) unique per task caps the task's labels at
+    `needed` (see the module doc). `admin_override`: an admin labeled a task not handed to them.
+    """
 
     __tablename__ = "labels"
-    __table_args__ = (UniqueConstraint("task_id", "user_id", name="one_label_per_annotator"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id", name="one_label_per_annotator"),
+        UniqueConstraint("task_id", "slot", name="one_label_per_slot"),
+        ForeignKeyConstraint(["task_id", "needed"], ["tasks.id", "tasks.needed"], name="label_needed_is_the_tasks"),
+        CheckConstraint("slot >= 0 AND slot < needed", name="at_most_needed_labels"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    task_id: Mapped[int] = mapped_column(Integer, index=True)  # references tasks through (task_id, needed)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    needed: Mapped[int] = mapped_column(Integer)  # the task's `needed` (the foreign key keeps them equal)
+    slot: Mapped[int] = mapped_column(Integer)
+    admin_override: Mapped[bool] = mapped_column(Boolean, default=False)
     acceptable_left: Mapped[bool] = mapped_column(Boolean)
     acceptable_right: Mapped[bool] = mapped_column(Boolean)
     helpfulness: Mapped[str] = mapped_column(String(20))  # left_better|right_better|both_good|both_bad
@@ -162,10 +186,51 @@ def open_db(url: str, busy_timeout_s: float = 30.0) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     try:
+        _migrate_labels(engine)
         Base.metadata.create_all(engine)
     except OperationalError as e:
         raise BatrayError(f"database {url!r}: {e.orig}") from None
     return engine
+
+
+_LABEL_COLUMNS = "id, task_id, user_id, acceptable_left, acceptable_right, helpfulness, comment, created_at"
+
+
+def _migrate_labels(engine: Engine) -> None:
+    """Give a database made before the label constraints its `slot`/`needed` columns, losing nothing.
+
+    A task that already holds more labels than it needed keeps them all: its `needed` rises to
+    its label count (logged) before the labels are copied into the constrained table.
+    """
+    insp = inspect(engine)
+    if "labels" not in insp.get_table_names() or "slot" in {c["name"] for c in insp.get_columns("labels")}:
+        return
+    import logging
+
+    log = logging.getLogger(__name__)
+    count = "(SELECT count(*) FROM labels_v1 l WHERE l.task_id = tasks.id)"
+    # read the old layout first: the inspector's own connection would wait on the transaction below
+    indexes = [index["name"] for index in insp.get_indexes("labels")]
+    has_task_key = any(u["column_names"] == ["id", "needed"] for u in insp.get_unique_constraints("tasks"))
+    with engine.begin() as conn:
+        for name in indexes:  # the new table's indexes reuse the names
+            conn.execute(text(f'DROP INDEX "{name}"'))
+        conn.execute(text("ALTER TABLE labels RENAME TO labels_v1"))
+        raised = conn.execute(text(f"UPDATE tasks SET needed = {count} WHERE needed < {count}")).rowcount
+        if raised:
+            log.warning("%d tasks held more labels than they needed (before the constraint); their needed count "
+                        "was raised to keep every label", raised)
+        if not has_task_key:
+            conn.execute(text("CREATE UNIQUE INDEX task_id_needed ON tasks (id, needed)"))
+        Label.__table__.create(conn)
+        conn.execute(text(
+            f"INSERT INTO labels ({_LABEL_COLUMNS}, needed, slot, admin_override) "
+            f"SELECT {', '.join('l.' + c.strip() for c in _LABEL_COLUMNS.split(','))}, t.needed, "
+            "ROW_NUMBER() OVER (PARTITION BY l.task_id ORDER BY l.id) - 1, false "
+            "FROM labels_v1 l JOIN tasks t ON t.id = l.task_id"))
+        moved = conn.execute(text("SELECT count(*) FROM labels")).scalar_one()
+        conn.execute(text("DROP TABLE labels_v1"))
+    log.info("labels table migrated to the per-task slot constraint (%d labels kept)", moved)
 
 
 class Database:

@@ -2,18 +2,22 @@
 
 The page shows each task's responses in a per-task random order; a label is stored as the
 annotator saw it and mapped back to a/b here, so position bias can be measured and undone.
+The export is the preferences contract plus one column, `admin_override`: true for a label an admin
+gave to a task that was not handed to them (the reward data's provenance stays visible).
 """
 
 from __future__ import annotations
 
 from datetime import UTC
 
+import pyarrow as pa
 from sqlalchemy import select
 
 from batray.annotate.db import Database, Label, Task, User
 from batray.data.schemas import PREFERENCES
 
 HELPFULNESS_LR = ("left_better", "right_better", "both_good", "both_bad")
+HUMAN_PREFERENCES = PREFERENCES.append(pa.field("admin_override", pa.bool_()))
 
 
 def helpfulness_to_ab(helpfulness_lr: str, left_is_a: bool) -> str:
@@ -62,18 +66,19 @@ def export_rows(db: Database) -> list[dict]:
                     "rater": rater,
                     "confidence": None,
                     "created_at": label.created_at.replace(tzinfo=UTC),
+                    "admin_override": bool(label.admin_override),
                 }
             )
     return rows
 
 
 def export(db: Database, out_uri: str) -> int:
-    """Write the preferences contract to `out_uri` (.parquet, or .jsonl); returns the row count."""
+    """Write the preferences contract (+ `admin_override`) to `out_uri` (.parquet, or .jsonl); returns the row count."""
     from batray.data.io import write_jsonl, write_parquet
 
     rows = export_rows(db)
     if out_uri.endswith((".jsonl", ".json")):
         write_jsonl([{**r, "created_at": r["created_at"].isoformat()} for r in rows], out_uri)
     else:
-        write_parquet(rows, out_uri, schema=PREFERENCES)
+        write_parquet(rows, out_uri, schema=HUMAN_PREFERENCES)
     return len(rows)

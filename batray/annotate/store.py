@@ -4,6 +4,11 @@ Task handout: an annotator first gets back a task they were given and have not a
 else the first task that still needs annotators, counting labels and other annotators' live leases
 (`lease_minutes`), so two people are not sent the same single-annotation task at once. Skipped tasks
 come back only when nothing else is left for that annotator.
+
+A label is taken only for a task handed to that annotator by `next_task` and not skipped since
+(after its lease ran out, only while nobody else holds the task's last open place); an admin may
+label any task with `override` (recorded on the label and in the export). The database itself caps
+a task at `needed` labels and one per annotator (see `db`); the checks here only word the refusal.
 """
 
 from __future__ import annotations
@@ -143,21 +148,58 @@ class Store:
             a.assigned_at, a.skipped = now, False
 
     def submit(self, user_id: int, task_id: int, acceptable_left: bool, acceptable_right: bool,
-               helpfulness: str, comment: str | None) -> int:
-        """Store one label in one transaction; returns its id once committed. Conflict if already labeled."""
+               helpfulness: str, comment: str | None, override: bool = False) -> int:
+        """Store one label in one transaction; returns its id once committed.
+
+        NotFound: no such task. Conflict: already labeled by this annotator, not handed to them
+        (`override` lifts that, for admins), or the task has all the labels it needs.
+        """
+        now = utcnow()
         try:
             with self.db.write() as s, s.begin():
-                if s.get(Task, task_id) is None:
+                task = s.get(Task, task_id)
+                if task is None:
                     raise NotFound(f"task {task_id} does not exist")
-                label = Label(task_id=task_id, user_id=user_id, acceptable_left=acceptable_left,
-                              acceptable_right=acceptable_right, helpfulness=helpfulness,
-                              comment=(comment or None), created_at=utcnow())
+                if s.scalar(select(Label.id).where(Label.task_id == task_id, Label.user_id == user_id)) is not None:
+                    raise Conflict(f"task {task_id} is already labeled by you; undo it first to change the answer")
+                if not override:
+                    self._check_lease(s, task, user_id, now)
+                taken = set(s.scalars(select(Label.slot).where(Label.task_id == task_id)))
+                slot = next((k for k in range(task.needed) if k not in taken), None)
+                if slot is None:
+                    raise Conflict(f"task {task_id} already has the {task.needed} label(s) it needs")
+                label = Label(task_id=task_id, user_id=user_id, needed=task.needed, slot=slot,
+                              acceptable_left=acceptable_left, acceptable_right=acceptable_right,
+                              helpfulness=helpfulness, comment=(comment or None), created_at=now,
+                              admin_override=override)
                 s.add(label)
                 s.flush()
                 return label.id
         except IntegrityError:
-            # The unique (task, annotator) constraint: the database, not a check-then-insert, decides.
-            raise Conflict(f"task {task_id} is already labeled by you; undo it first to change the answer") from None
+            # A concurrent writer took the last slot, or this annotator's label landed first: the
+            # database's constraints decided (on SQLite writers queue, so this is PostgreSQL's case).
+            raise Conflict(f"task {task_id} was labeled concurrently (by you, or it got all the labels it needs)") from None
+
+    def _check_lease(self, s: Session, task: Task, user_id: int, now) -> None:
+        a = s.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id))
+        if a is None or a.skipped:
+            how = "you skipped it" if a is not None else "it was not handed to you"
+            raise Conflict(f"task {task.id} cannot be labeled: {how}; label the task /api/next gives you")
+        cutoff = now - timedelta(minutes=self.lease_minutes)
+        if a.assigned_at > cutoff:
+            return
+        # the lease ran out: fine while the task still has an open place nobody else holds
+        others = s.scalar(
+            select(func.count(Assignment.id)).where(
+                Assignment.task_id == task.id, Assignment.user_id != user_id, ~Assignment.skipped,
+                Assignment.assigned_at > cutoff,
+                ~exists().where(and_(Label.task_id == Assignment.task_id, Label.user_id == Assignment.user_id)),
+            )
+        )
+        labels = s.scalar(select(func.count(Label.id)).where(Label.task_id == task.id))
+        if labels + others >= task.needed:
+            raise Conflict(f"your lease on task {task.id} ran out and it went to another annotator; "
+                           "take the next task from /api/next")
 
     def skip(self, user_id: int, task_id: int) -> None:
         with self.db.write() as s, s.begin():

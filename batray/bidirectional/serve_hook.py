@@ -85,13 +85,12 @@ def make_rerank_hook(defaults: RerankConfig | None = None):
                 return chat_prompt_ids(tok, messages)
             except SampleError as e:
                 raise APIError(400, str(e), param="messages") from None
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        batch = req.prompt_batch()
+        if len(batch) != 1:
+            raise APIError(400, "rerank takes one prompt per request", param="prompt")
+        prompt = batch[0]
+        if isinstance(prompt, list):  # token ids
             return list(prompt)
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(400, "rerank takes one prompt per request", param="prompt")
-            prompt = prompt[0]
         return tok(prompt)["input_ids"]  # <|l2r|> first: the tokenizer adds it (its BOS)
 
     def params(req, chat: bool) -> SamplingParams:

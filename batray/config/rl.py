@@ -83,6 +83,7 @@ class AnnotateConfig(Schema):
     port: int = Field(default=8700, ge=1, le=65535)
     overlap: float = Field(default=0.1, ge=0, le=1, description="share of tasks given to two annotators")
     lease_minutes: float = Field(default=30.0, gt=0, description="how long a handed-out task is held for its annotator")
+    max_body_bytes: int = Field(default=64 * 1024, ge=16 * 1024, description="largest /api/labels body (413); other routes take 4 KiB")
     seed: int = Field(default=0, description="fixes each task's left/right order and overlap draw")
 
 

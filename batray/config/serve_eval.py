@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from batray.config.base import InputPath, Schema
 
@@ -49,7 +49,23 @@ class ServeConfig(Schema):
     backend: Literal["auto", "hf", "vllm"] = "auto"
     device: str = Field(default="auto", description="hf backend: cpu, cuda, cuda:1; auto: cuda when available")
     model_name: str | None = Field(default=None, description="the model id clients pass; null: the folder name")
-    max_batch_size: int = Field(default=8, ge=1)
+    max_batch_size: int = Field(default=8, ge=1, description="rows (prompts x n) decoded together in one engine batch")
     batch_wait_ms: float = Field(default=5.0, ge=0)
     default_max_tokens: int = Field(default=256, ge=1, description="when a request sets no max_tokens")
+    max_rows_per_request: int = Field(
+        default=256, ge=1, description="prompts x n one request may ask for (more: 400); split over engine batches"
+    )
+    max_queued_rows: int = Field(
+        default=1024, ge=1, description="rows waiting for a batch, all requests together (more: 429 with Retry-After)"
+    )
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="largest request body of /v1/completions and /v1/chat/completions (413)"
+    )
     rerank: RerankConfig = Field(default=RerankConfig(), description="defaults for requests carrying `rerank`")
+
+    @model_validator(mode="after")
+    def _one_request_fits_the_queue(self):
+        if self.max_rows_per_request > self.max_queued_rows:
+            raise ValueError(f"max_rows_per_request ({self.max_rows_per_request}) must not exceed max_queued_rows "
+                             f"({self.max_queued_rows}): such a request could never be queued")
+        return self

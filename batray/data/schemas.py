@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -81,8 +82,10 @@ def check_pairs(row: dict) -> str | None:
 def check_preferences(row: dict) -> str | None:
     if (err := _need_str(row, "pair_id", "prompt", "response_a", "response_b")) is not None:
         return err
-    if row.get("d") not in (-1, 0, 1):
-        return f"d must be -1, 0 or 1 (got {row.get('d')!r})"
+    d = row.get("d")
+    # an integer, not a bool or a float that equals one (True == 1 and 1.0 == 1 in Python)
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d not in (-1, 0, 1):
+        return f"d must be -1, 0 or 1, an integer (got {d!r})"
     h = row.get("helpfulness")
     if h is not None and h not in HELPFULNESS:
         return f"helpfulness {h!r} not in {HELPFULNESS}"

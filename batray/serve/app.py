@@ -4,9 +4,19 @@
 vLLM). Every request becomes rows of a `BatchingEngine`, so concurrent clients share batches. Chat
 prompts are rendered with the checkpoint's chat template and its generation prompt, and generation
 stops at the template's end-of-turn token; plain completions are encoded as the tokenizer encodes
-text (its BOS first: `<|l2r|>` for a batray checkpoint). Errors use OpenAI's envelope
-(`{"error": {"message", "type", "param", "code"}}`) with 400/401/404 statuses, so the official
-`openai` client raises its usual exceptions.
+text (its BOS first: `<|l2r|>` for a batray checkpoint). Token-id prompts are taken as they are.
+Errors use OpenAI's envelope (`{"error": {"message", "type", "param", "code"}}`), one line each,
+so the official `openai` client raises its usual exceptions.
+
+Limits that keep one client from hurting the others: a request asks for at most
+`max_rows_per_request` rows (prompts x n, else 400); at most `max_queued_rows` rows wait (else 429
+with Retry-After); a body is at most `max_body_bytes` (413, checked from Content-Length and while
+it streams in, before the API key); a client that disconnects, streaming or not, has its rows
+cancelled; a stop signal answers every in-flight request with 503 (`server.ServeServer`).
+
+`echo: true` with `logprobs` reports the prompt's tokens too (first logprob `null`), then the
+completion's, as OpenAI's legacy completions and vLLM do; with `max_tokens: 0` it only scores the
+prompt (loglikelihood evaluation, e.g. lm-evaluation-harness's `local-completions`).
 
 Reranking hook (issue 11): `create_app(..., rerank=fn)` where
 `async fn(request, served, engine) -> dict` returns the whole response body for requests that carry
@@ -22,21 +32,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from batray.http_limits import BodyLimit
 from batray.models.chat import SampleError, chat_prompt_ids
-from batray.serve.batching import BatchingEngine
-from batray.serve.generation import GenRow, StepOut
-from batray.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from batray.serve.batching import BatchingEngine, EngineStopped, QueueFull, Submission
+from batray.serve.generation import GenRow, StepOut, TokenInfo
+from batray.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_body,
+    validation_message,
+)
 
 log = logging.getLogger(__name__)
 
 RerankHook = Callable[..., Awaitable[dict]]
+SMALL_BODY_BYTES = 64 * 1024  # routes other than the two completions routes take no real body
 
 
 @dataclass
@@ -55,9 +72,22 @@ class APIError(Exception):
     """An OpenAI-style error response."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.body = status, error_body(message, type_, param, code)
+        self.status, self.body, self.headers = status, error_body(message, type_, param, code), headers
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready (nobody reads the response)."""
+
+
+@dataclass
+class RowResult:
+    text: str = ""
+    tokens: list[TokenInfo] = field(default_factory=list)
+    finish: str | None = None
+    count: int = 0  # completion tokens
+    prompt: list[TokenInfo] | None = None  # prompt tokens with logprobs (echo)
 
 
 def load_served_model(checkpoint: str, *, backend: str = "auto", device: str = "auto", name: str | None = None,
@@ -76,7 +106,9 @@ def load_served_model(checkpoint: str, *, backend: str = "auto", device: str = "
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if backend == "vllm" or (backend == "auto" and device.startswith("cuda") and _vllm_available()):
         from batray.models.tokenizer import load_tokenizer
-        from batray.serve.vllm_backend import VLLMGenerator  # lazy: optional CUDA-only extra
+        from batray.serve.vllm_backend import (
+            VLLMGenerator,  # lazy: optional CUDA-only extra
+        )
 
         tokenizer = load_tokenizer(checkpoint, chat_template=chat_template)
         generator = VLLMGenerator(checkpoint, tokenizer)
@@ -90,9 +122,13 @@ def load_served_model(checkpoint: str, *, backend: str = "auto", device: str = "
 
 
 def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_size: int = 8,
-               batch_wait_ms: float = 5.0, rerank: RerankHook | None = None, on_ready: Callable[[], None] | None = None
-               ) -> FastAPI:
-    engine = BatchingEngine(served.generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+               batch_wait_ms: float = 5.0, max_rows_per_request: int = 256, max_queued_rows: int = 1024,
+               max_body_bytes: int = 4 * 2**20, rerank: RerankHook | None = None,
+               on_ready: Callable[[], None] | None = None) -> FastAPI:
+    if max_rows_per_request > max_queued_rows:
+        raise ValueError(f"max_rows_per_request ({max_rows_per_request}) must not exceed max_queued_rows ({max_queued_rows})")
+    engine = BatchingEngine(served.generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                            max_queued_rows=max_queued_rows)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -103,24 +139,31 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
         await engine.stop()
 
     app = FastAPI(title="batray", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limits={"/v1/completions": max_body_bytes, "/v1/chat/completions": max_body_bytes},
+                       default=SMALL_BODY_BYTES, error_body=_too_large)
     app.state.engine = engine
     app.state.served = served
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone):
+        return JSONResponse(error_body("the client disconnected"), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        msg = first.get("msg", "invalid request")
-        return JSONResponse(error_body(f"{loc}: {msg}" if loc else msg, param=loc), status_code=400)
+        message, param = validation_message(exc.errors(), exc.body)
+        return JSONResponse(error_body(message, param=param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:  # a body that passed its limit while streaming in (BodyLimit)
+            return JSONResponse(_too_large(str(exc.detail)), status_code=413, headers={"Connection": "close"})
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
@@ -141,21 +184,30 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
             raise APIError(404, f"the model {model!r} does not exist; this server serves {served.name!r}",
                            param="model", code="model_not_found")
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    def check_rows(n_prompts: int, n: int) -> None:
+        total = n_prompts * n
+        if total > max_rows_per_request:
+            raise APIError(400, f"this request asks for {total} completions ({n_prompts} prompts x n={n}); the limit is "
+                                f"{max_rows_per_request} per request (serve.max_rows_per_request): split it",
+                           param="n" if n > 1 else "prompt", code="too_many_rows")
+
+    @app.api_route("/v1/models", methods=["GET", "HEAD"], dependencies=[Depends(check_key)])
     async def models():
         return {"object": "list", "data": [
             {"id": served.name, "object": "model", "created": 0, "owned_by": "batray",
              "max_model_len": served.context_len}]}
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
-        return {"status": "ok"}
+        return {"status": "ok", "queued_rows": engine.queued_rows, "running_rows": engine.running_rows,
+                "batches_run": engine.batches_run, "rows_cancelled": engine.rows_cancelled}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         if req.rerank is not None:
             return await _rerank(req)
+        check_rows(1, req.n)
         try:
             messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                         for m in req.messages]
@@ -170,13 +222,14 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
         top = (req.top_logprobs or 0) if req.logprobs else None
         rows = _rows(prompt_ids, req, req.token_budget(), top)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        sub = _submit(rows)
         if req.stream:
-            return _sse(_chat_stream(rid, created, rows, len(prompt_ids), req, request))
-        results = await _collect(engine.submit(rows), len(rows))
+            return _sse(_chat_stream(rid, created, sub, len(prompt_ids), req))
+        results = await _collect(sub, request)
         choices = []
-        for i, (text_i, tokens, finish, _) in enumerate(results):
-            choice = {"index": i, "message": {"role": "assistant", "content": text_i}, "finish_reason": finish,
-                      "logprobs": {"content": [_chat_logprob(t) for t in tokens]} if req.logprobs else None}
+        for i, res in enumerate(results):
+            choice = {"index": i, "message": {"role": "assistant", "content": res.text}, "finish_reason": res.finish,
+                      "logprobs": {"content": [_chat_logprob(t) for t in res.tokens]} if req.logprobs else None}
             choices.append(choice)
         return {"id": rid, "object": "chat.completion", "created": created, "model": served.name,
                 "choices": choices, "usage": _usage(len(prompt_ids), results)}
@@ -186,18 +239,23 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
         check_model(req.model)
         if req.rerank is not None:
             return await _rerank(req)
-        prompts = _completion_prompts(req.prompt)
+        batch = req.prompt_batch()
+        check_rows(len(batch), req.n)
+        prompts = _completion_prompts(batch)
+        echoed = [_echo_text(p, ids) for p, ids in zip(batch, prompts)] if req.echo else None
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         top = req.logprobs
-        rows = [row for p in prompts for row in _rows(p, req, req.max_tokens, top)]
+        prompt_lp = req.echo and top is not None
+        rows = [row for p in prompts for row in _rows(p, req, req.max_tokens, top, prompt_logprobs=prompt_lp)]
+        sub = _submit(rows)
         if req.stream:
-            return _sse(_completion_stream(rid, created, rows, req, request))
-        results = await _collect(engine.submit(rows), len(rows))
+            return _sse(_completion_stream(rid, created, sub, echoed, req))
+        results = await _collect(sub, request)
         choices = []
-        for i, (text_i, tokens, finish, _) in enumerate(results):
-            prefix = _decode(prompts[i // req.n]) if req.echo else ""
-            choices.append({"index": i, "text": prefix + text_i, "finish_reason": finish,
-                            "logprobs": _completion_logprobs(tokens) if top is not None else None})
+        for i, res in enumerate(results):
+            prefix = echoed[i // req.n] if echoed else ""
+            logprobs = _completion_logprobs(res.prompt or [], res.tokens, len(prefix)) if top is not None else None
+            choices.append({"index": i, "text": prefix + res.text, "finish_reason": res.finish, "logprobs": logprobs})
         return {"id": rid, "object": "text_completion", "created": created, "model": served.name,
                 "choices": choices, "usage": _usage(sum(len(p) for p in prompts), results)}
 
@@ -235,33 +293,104 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
     def _decode(ids: list[int]) -> str:
         return served.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _completion_prompts(prompt) -> list[list[int]]:
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            vocab = len(served.tokenizer)
-            if any(t < 0 or t >= vocab for t in prompt):
-                raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-            return [list(prompt)]
-        texts = [prompt] if isinstance(prompt, str) else prompt
-        return [served.tokenizer(t)["input_ids"] for t in texts]  # BOS by the tokenizer, as vLLM does
+    def _echo_text(prompt: str | list[int], ids: list[int]) -> str:
+        """What `echo` puts before the completion: the prompt as the client sent it."""
+        return prompt if isinstance(prompt, str) else _decode(ids)
 
-    def _rows(prompt_ids: list[int], req, max_tokens: int | None, top: int | None) -> list[GenRow]:
+    def _completion_prompts(batch: list[str] | list[list[int]]) -> list[list[int]]:
+        if isinstance(batch[0], list):  # token ids, taken as they are
+            vocab = getattr(served.generator, "vocab_size", None) or len(served.tokenizer)
+            vocab = min(vocab, len(served.tokenizer))
+            for i, ids in enumerate(batch):
+                bad = next((t for t in ids if not 0 <= t < vocab), None)
+                if bad is not None:
+                    where = f"prompt[{i}]" if len(batch) > 1 else "prompt"
+                    raise APIError(400, f"{where} has token id {bad}, outside the vocabulary [0, {vocab})", param="prompt")
+            return [list(ids) for ids in batch]
+        return [served.tokenizer(t)["input_ids"] for t in batch]  # BOS by the tokenizer, as vLLM does
+
+    def _rows(prompt_ids: list[int], req, max_tokens: int | None, top: int | None,
+              prompt_logprobs: bool = False) -> list[GenRow]:
         room = served.context_len - len(prompt_ids)
-        if room <= 0:
+        budget = served.default_max_tokens if max_tokens is None else max_tokens
+        if room < 0 or (room == 0 and budget > 0):
             raise APIError(400, f"the prompt is {len(prompt_ids)} tokens; the model's context is {served.context_len}",
                            param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
                            code="context_length_exceeded")
-        budget = min(max_tokens or served.default_max_tokens, room)
+        budget = min(budget, room)  # a larger max_tokens is cut to what the context leaves
+        # n rows of one request differ only by seed; seeds wrap into torch's unsigned 64-bit range
         return [GenRow(list(prompt_ids), budget, req.temperature, req.top_p, list(req.stop),
-                       None if req.seed is None else req.seed + i, top) for i in range(req.n)]
+                       None if req.seed is None else (req.seed + i) % 2**64, top,
+                       prompt_logprobs=prompt_logprobs, ignore_eos=req.ignore_eos) for i in range(req.n)]
 
-    async def _chat_stream(rid, created, rows, n_prompt, req, request):
+    def _submit(rows: list[GenRow]) -> Submission:
+        try:
+            return engine.submit(rows)
+        except QueueFull as e:
+            raise APIError(429, str(e), type_="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": str(e.retry_after_s)}) from None
+        except EngineStopped:
+            raise APIError(503, "the server is shutting down", type_="server_error", code="shutting_down") from None
+
+    def _raise_for(out: StepOut) -> None:
+        if out.status == 503:
+            raise APIError(503, out.error or "the server is shutting down", type_="server_error", code="shutting_down")
+        raise APIError(500, f"generation failed: {out.error}", type_="server_error")
+
+    async def _watch_disconnect(request: Request, sub: Submission) -> None:
+        """Cancel the submission when the client goes away (uvicorn's receive() answers http.disconnect)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        engine.cancel(sub)
+        sub.sink.put_nowait((-1, None))
+
+    async def _collect(sub: Submission, request: Request) -> list[RowResult]:
+        """Wait for every row of a non-streaming request, cancelling them if the client disconnects."""
+        results = [RowResult() for _ in sub.rows]
+        left = len(sub.rows)
+        watcher = asyncio.create_task(_watch_disconnect(request, sub))
+        try:
+            while left:
+                i, out = await sub.sink.get()
+                if out is None:
+                    raise ClientGone()
+                if out.finish_reason == "error":
+                    _raise_for(out)
+                res = results[i]
+                if out.prompt is not None:
+                    res.prompt = out.prompt
+                res.text += out.delta
+                res.tokens += out.tokens
+                res.count += out.num_tokens
+                if out.finish_reason:
+                    res.finish = out.finish_reason
+                    left -= 1
+            return results
+        finally:
+            watcher.cancel()
+            engine.cancel(sub)  # on an error or a disconnect: the other rows stop too (no-op once done)
+
+    async def _stream(sub: Submission):
+        left = len(sub.rows)
+        try:
+            while left:
+                i, out = await sub.sink.get()
+                if out.finish_reason == "error":
+                    _raise_for(out)
+                if out.finish_reason:
+                    left -= 1
+                yield i, out
+        finally:
+            engine.cancel(sub)  # the client left early (Starlette cancels the stream), failed, or done
+
+    async def _chat_stream(rid, created, sub, n_prompt, req):
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name}
-        for i in range(len(rows)):
+        for i in range(len(sub.rows)):
             yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                         "finish_reason": None, "logprobs": None}]}
-        results = [0] * len(rows)
-        async for i, out in _stream(engine.submit(rows), rows, request):
-            results[i] += out.num_tokens
+        counts = [0] * len(sub.rows)
+        async for i, out in _stream(sub):
+            counts[i] += out.num_tokens
             lp = {"content": [_chat_logprob(t) for t in out.tokens]} if req.logprobs and out.tokens else None
             if out.delta or lp:
                 yield {**base, "choices": [{"index": i, "delta": {"content": out.delta}, "finish_reason": None,
@@ -269,35 +398,39 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch_siz
             if out.finish_reason:
                 yield {**base, "choices": [{"index": i, "delta": {}, "finish_reason": out.finish_reason,
                                             "logprobs": None}]}
-        opts = getattr(req, "stream_options", None) or {}
-        if isinstance(opts, dict) and opts.get("include_usage"):
-            done = sum(results)
+        if req.include_usage:
+            done = sum(counts)
             yield {**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": done,
                                                     "total_tokens": n_prompt + done}}
 
-    async def _completion_stream(rid, created, rows, req, request):
+    async def _completion_stream(rid, created, sub, echoed, req):
         base = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
-        async for i, out in _stream(engine.submit(rows), rows, request):
-            lp = _completion_logprobs(out.tokens) if req.logprobs is not None and out.tokens else None
+        prompt_lp = req.echo and req.logprobs is not None
+        if echoed and not prompt_lp:  # the echoed prompt comes first; with logprobs, once they are known
+            for i in range(len(sub.rows)):
+                yield {**base, "choices": [{"index": i, "text": echoed[i // req.n], "finish_reason": None,
+                                            "logprobs": None}]}
+        counts, n_prompt = [0] * len(sub.rows), sum(len(r.prompt_ids) for r in sub.rows[:: req.n])
+        async for i, out in _stream(sub):
+            counts[i] += out.num_tokens
+            if out.prompt is not None:
+                yield {**base, "choices": [{"index": i, "text": echoed[i // req.n], "finish_reason": None,
+                                            "logprobs": _completion_logprobs(out.prompt, [], 0)}]}
+                continue
+            lp = _completion_logprobs([], out.tokens, 0) if req.logprobs is not None and out.tokens else None
             if out.delta or lp or out.finish_reason:
                 yield {**base, "choices": [{"index": i, "text": out.delta, "finish_reason": out.finish_reason,
                                             "logprobs": lp}]}
-
-    async def _stream(sink: asyncio.Queue, rows: list[GenRow], request: Request):
-        left = len(rows)
-        try:
-            while left:
-                i, out = await sink.get()
-                if out.finish_reason == "error":
-                    raise APIError(500, f"generation failed: {out.error}", type_="server_error")
-                if out.finish_reason:
-                    left -= 1
-                yield i, out
-        finally:
-            for r in rows:  # the client left early (or we are done): stop decoding these rows
-                r.cancelled = True
+        if req.include_usage:
+            done = sum(counts)
+            yield {**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": done,
+                                                    "total_tokens": n_prompt + done}}
 
     return app
+
+
+def _too_large(message: str) -> dict:
+    return error_body(f"{message} (serve.max_body_bytes)", code="body_too_large")
 
 
 def _sse(events) -> StreamingResponse:
@@ -312,26 +445,8 @@ def _sse(events) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream")
 
 
-async def _collect(sink: asyncio.Queue, n_rows: int) -> list[tuple[str, list, str, int]]:
-    """Wait for every row: [(text, token infos, finish reason, completion tokens)] in row order."""
-    texts, tokens, finish, counts = [""] * n_rows, [[] for _ in range(n_rows)], [None] * n_rows, [0] * n_rows
-    left = n_rows
-    while left:
-        i, out = await sink.get()
-        out: StepOut
-        if out.finish_reason == "error":
-            raise APIError(500, f"generation failed: {out.error}", type_="server_error")
-        texts[i] += out.delta
-        tokens[i] += out.tokens
-        counts[i] += out.num_tokens
-        if out.finish_reason:
-            finish[i] = out.finish_reason
-            left -= 1
-    return list(zip(texts, tokens, finish, counts))
-
-
-def _usage(prompt_tokens: int, results) -> dict:
-    done = sum(r[3] for r in results)
+def _usage(prompt_tokens: int, results: list[RowResult]) -> dict:
+    done = sum(r.count for r in results)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
 
 
@@ -340,10 +455,17 @@ def _chat_logprob(t) -> dict:
             "top_logprobs": [{"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))} for s, lp in t.top]}
 
 
-def _completion_logprobs(tokens) -> dict:
+def _completion_logprobs(prompt: list[TokenInfo], tokens: list[TokenInfo], completion_offset: int) -> dict:
+    """OpenAI's legacy `logprobs` object over the prompt tokens (echo; the first has no logprob) then
+    the completion's. Offsets: cumulative over the prompt's token texts, then from `completion_offset`."""
     offsets, pos = [], 0
+    for t in prompt:
+        offsets.append(pos)
+        pos += len(t.token)
+    pos = completion_offset
     for t in tokens:
         offsets.append(pos)
         pos += len(t.token)
-    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+    every = prompt + tokens
+    return {"tokens": [t.token for t in every], "token_logprobs": [t.logprob for t in every],
+            "top_logprobs": [None if t.logprob is None else dict(t.top) for t in every], "text_offset": offsets}

@@ -25,7 +25,7 @@ from batray.models.tokenizer import pad_id
 @dataclass
 class TokenInfo:
     token: str  # the token's text
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token (nothing predicts it)
     top: list[tuple[str, float]] = field(default_factory=list)  # [(token text, logprob)], best first
 
 
@@ -36,19 +36,25 @@ class StepOut:
     finish_reason: str | None = None  # "stop" | "length" | "error" when the row is done
     error: str | None = None
     num_tokens: int = 1  # tokens this StepOut accounts for (usage counts)
+    prompt: list[TokenInfo] | None = None  # the prompt's own tokens and logprobs (`prompt_logprobs` rows)
+    status: int = 500  # the HTTP status of an error (503: the server is stopping)
 
 
-@dataclass
+@dataclass(eq=False)
 class GenRow:
     prompt_ids: list[int]
-    max_tokens: int
+    max_tokens: int  # 0: score the prompt only (with prompt_logprobs)
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     top_logprobs: int | None = None  # None: no logprobs; k >= 0: the chosen token's plus the k best
+    prompt_logprobs: bool = False  # also report every prompt token's logprob (echo with logprobs)
+    ignore_eos: bool = False  # end-of-sequence tokens do not end the row
     emit: Callable[[StepOut], None] = lambda out: None
-    cancelled: bool = False  # set by the server when the client went away
+    cancelled: bool = False  # set by the server when the client went away (the row leaves its batch)
+    started: bool = False  # set once the row emitted anything (a failed batch is retried only before)
+    done: bool = False  # set once the row emitted its finish
 
 
 def stop_cut(text: str, stops: list[str]) -> int | None:
@@ -94,6 +100,7 @@ class HFGenerator:
         self.stop_ids = set(stop_token_ids(tokenizer, getattr(model, "generation_config", None)))
         self.pad_id = pad_id(tokenizer)
         self.context_len = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._token_text: dict[int, str] = {}
         self.lock = threading.Lock()  # one forward at a time: the generation loop and choice scoring
         # transformers 5 renamed `past_key_values` to `cache` in forward(); older models keep the old name.
@@ -127,11 +134,55 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, rows: list[GenRow]) -> None:
-        """Generate every row to its end, calling `row.emit` once per step per live row."""
+        """Generate every row to its end, calling `row.emit` once per step per live row.
+
+        A row whose own settings fail (a seed torch cannot take, a token id outside the vocabulary)
+        is answered with an error alone; the others of the batch go on. Finished and cancelled rows
+        leave the batch (their KV cache rows are dropped), so they cost nothing after they end.
+        """
         with self.lock:
             self._generate(rows)
 
+    def _prepare(self, rows: list[GenRow]) -> tuple[list[GenRow], list[torch.Generator]]:
+        ok, gens = [], []
+        for r in rows:
+            if r.cancelled:
+                continue
+            try:
+                bad = [t for t in r.prompt_ids if not 0 <= t < self.vocab_size]
+                if bad or not r.prompt_ids:
+                    raise ValueError(f"prompt token id {bad[0] if bad else None} is outside the vocabulary [0, {self.vocab_size})")
+                g = torch.Generator(device="cpu")
+                g.manual_seed(r.seed) if r.seed is not None else g.seed()
+            except (ValueError, RuntimeError, OverflowError, TypeError) as e:
+                r.emit(StepOut("", [], "error", error=f"{type(e).__name__}: {e}", num_tokens=0))
+                continue
+            ok.append(r)
+            gens.append(g)
+        return ok, gens
+
+    def _prompt_infos(self, logits: torch.Tensor, r: GenRow, width: int) -> list[TokenInfo]:
+        """Every prompt token with its logprob given the tokens before it (the first has none)."""
+        n = len(r.prompt_ids)
+        k = r.top_logprobs or 0
+        infos = [TokenInfo(self.token_text(r.prompt_ids[0]), None, [])]
+        if n > 1:
+            # left padding: the prompt sits in the last n positions; position p predicts token p + 1
+            logp = logits[width - n: width - 1].float().log_softmax(-1)
+            target = torch.tensor(r.prompt_ids[1:], device=logp.device)
+            chosen = logp.gather(1, target[:, None])[:, 0].tolist()
+            if k:
+                top_lp, top_id = logp.topk(min(k, logp.shape[-1]), dim=-1)
+                top_lp, top_id = top_lp.tolist(), top_id.tolist()
+            for j, tok in enumerate(r.prompt_ids[1:]):
+                top = [(self.token_text(t), v) for t, v in zip(top_id[j], top_lp[j])] if k else []
+                infos.append(TokenInfo(self.token_text(tok), chosen[j], top))
+        return infos
+
     def _generate(self, rows: list[GenRow]) -> None:
+        rows, gens = self._prepare(rows)
+        if not rows:
+            return
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -140,42 +191,59 @@ class HFGenerator:
             mask[i, width - len(r.prompt_ids):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        gens = []
-        for r in rows:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(r.seed) if r.seed is not None else g.seed()
-            gens.append(g)
         out_ids: list[list[int]] = [[] for _ in rows]
         shown = [0] * len(rows)  # characters of text already emitted per row
-        live = [not r.cancelled for r in rows]
         want_top = max((r.top_logprobs or 0) for r in rows if r.top_logprobs is not None) if any(
             r.top_logprobs is not None for r in rows) else None
+        # Prompt logprobs (echo) need the logits of every prompt position; otherwise only the last one.
+        want_prompt = any(r.prompt_logprobs for r in rows)
 
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._keep_last)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **({} if want_prompt else self._keep_last))
         past = getattr(out, self._cache_kwarg)
-        logits = out.logits[:, -1, :]
-        for step in range(max(r.max_tokens for r in rows)):
+        can_drop = hasattr(past, "batch_select_indices")
+        if want_prompt:
+            for i, r in enumerate(rows):
+                if r.prompt_logprobs:
+                    r.emit(StepOut("", [], prompt=self._prompt_infos(out.logits[i], r, width), num_tokens=0))
+        logits = out.logits[:, -1, :].clone() if want_prompt else out.logits[:, -1, :]
+        del out  # (with prompt logprobs: the [B, T, V] logits are freed here)
+        for r in rows:
+            if r.max_tokens == 0:  # score only: the prompt was all that was asked
+                r.emit(StepOut("", [], "length", num_tokens=0))
+        live = [i for i, r in enumerate(rows) if r.max_tokens > 0]  # batch position b holds rows[live[b]]
+        if not live:
+            return
+        if can_drop and len(live) < len(rows):
+            keep = torch.tensor(live, device=self.device)
+            logits, mask, positions = logits[keep], mask[keep], positions[keep]
+            past.batch_select_indices(keep)
+        else:
+            live = list(range(len(rows)))
+        ended = [r.max_tokens == 0 for r in rows]
+        for _step in range(max(r.max_tokens for r in rows)):
             logp = logits.float().log_softmax(-1) if want_top is not None else None
             if want_top:
                 top_lp, top_id = logp.topk(min(want_top, logp.shape[-1]), dim=-1)
-            next_ids = torch.full((len(rows),), self.pad_id, dtype=torch.long)
-            for i, r in enumerate(rows):
-                if not live[i]:
+            next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
+            for b, i in enumerate(live):
+                r = rows[i]
+                if ended[i]:
                     continue
                 if r.cancelled:
-                    live[i] = False
+                    ended[i] = True
                     continue
-                tok = sample_next(logits[i], r.temperature, r.top_p, gens[i])
-                next_ids[i] = tok
+                tok = sample_next(logits[b], r.temperature, r.top_p, gens[i])
+                next_ids[b] = tok
                 info = []
                 if r.top_logprobs is not None:
                     top = []
                     if r.top_logprobs:
                         top = [(self.token_text(int(t)), float(v))
-                               for t, v in zip(top_id[i, : r.top_logprobs].tolist(), top_lp[i, : r.top_logprobs].tolist())]
-                    info = [TokenInfo(self.token_text(tok), float(logp[i, tok]), top)]
+                               for t, v in zip(top_id[b, : r.top_logprobs].tolist(), top_lp[b, : r.top_logprobs].tolist())]
+                    info = [TokenInfo(self.token_text(tok), float(logp[b, tok]), top)]
                 finish = None
-                if tok in self.stop_ids:
+                if tok in self.stop_ids and not r.ignore_eos:
                     finish = "stop"
                 else:
                     out_ids[i].append(tok)
@@ -190,10 +258,16 @@ class HFGenerator:
                 shown[i] = max(shown[i], upto)
                 r.emit(StepOut(delta, info, finish))
                 if finish:
-                    live[i] = False
-            if not any(live):
+                    ended[i] = True
+            still = [b for b, i in enumerate(live) if not ended[i] and not rows[i].cancelled]
+            if not still:
                 break
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=1)
+            if can_drop and len(still) < len(live):  # finished and cancelled rows leave the batch
+                keep = torch.tensor(still, device=self.device)
+                next_ids, mask, positions = next_ids[still], mask[keep], positions[keep]
+                past.batch_select_indices(keep)
+                live = [live[b] for b in still]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=self.device)], dim=1)
             positions = positions[:, -1:] + 1
             out = self.model(input_ids=next_ids[:, None].to(self.device), attention_mask=mask,
                              position_ids=positions, use_cache=True, **{self._cache_kwarg: past})

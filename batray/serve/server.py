@@ -3,6 +3,10 @@
 `start_server` binds the socket itself (port 0: a free port chosen by the OS, no race), runs uvicorn
 on a daemon thread and returns once the app's startup has finished, with the URL to give an
 `openai` client (`base_url=handle.url`).
+
+Both run `ServeServer`: uvicorn's server that, when told to stop (SIGTERM/SIGINT in the foreground,
+`handle.close()` in the background), first answers every queued and running generation with a 503
+and cancels its rows, so the stop takes one decoding step rather than the longest request.
 """
 
 from __future__ import annotations
@@ -17,6 +21,20 @@ import uvicorn
 
 from batray.errors import BatrayError
 from batray.serve.app import ServedModel, create_app, load_served_model
+
+log = logging.getLogger("batray.serve")
+
+
+class ServeServer(uvicorn.Server):
+    """uvicorn's server; on shutdown it first fails in-flight generation with 503 (see the module doc)."""
+
+    async def shutdown(self, sockets=None) -> None:
+        engine = getattr(getattr(self.config.app, "state", None), "engine", None)
+        if engine is not None:
+            answered = engine.shutdown()
+            if answered:
+                log.info("stopping: answered %d in-flight requests with 503", answered)
+        await super().shutdown(sockets=sockets)
 
 
 @dataclass
@@ -66,7 +84,7 @@ def start_server(model: str | ServedModel | None = None, *, app=None, host: str 
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    server = ServeServer(config)
     server.install_signal_handlers = lambda: None  # not the main thread
     failed: list[BaseException] = []
 
@@ -95,6 +113,7 @@ def run_server(served: ServedModel, *, host: str, port: int, api_key: str | None
     """Blocking: serve until interrupted (the `batray serve` command)."""
     app = create_app(served, api_key=api_key, **app_kwargs)
     sock = bind_socket(host, port)
-    logging.getLogger("batray.serve").info("listening on http://%s:%d/v1", host, sock.getsockname()[1])
-    config = uvicorn.Config(app, log_level="info", lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    log.info("listening on http://%s:%d/v1", host, sock.getsockname()[1])
+    # in-flight requests are answered at once (ServeServer); the timeout only bounds slow clients
+    config = uvicorn.Config(app, log_level="info", lifespan="on", timeout_graceful_shutdown=5)
+    ServeServer(config).run(sockets=[sock])
