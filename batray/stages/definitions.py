@@ -148,19 +148,6 @@ def _local_judge(cfg: RecipeConfig) -> str | None:
     return None if not cfg.label.endpoints else "label.endpoints are set"
 
 
-register(Stage(
-    "label", "§3.3", "AI feedback: judges on OpenAI-compatible endpoints label the pairs",
-    (Input("pairs", ("label.pairs",), output_of("pairs", "pairs")),
-     Input("judges", ("label.endpoints",), lambda cfg, _: Resolved([f"local {cfg.label.local_judge} judge"],
-                                                                   "label.local_judge"), kind="endpoint"),
-     Input("judge_model", (), latest_model(MODELS_AFTER_SFT), kind="checkpoint",
-           unused=lambda cfg: _local_judge(cfg) or (None if cfg.label.local_judge == "sft" else "label.local_judge is not sft")),
-     Input("world", (), demo_file("world.json"),
-           unused=lambda cfg: _local_judge(cfg) or (None if cfg.label.local_judge == "world" else "label.local_judge is not world"))),
-    _file("ai_labels", "ai.parquet"), lambda call: run_label_stage(call),
-))
-
-
 def run_label_stage(call: StageCall) -> dict:
     from batray.feedback.ai_labels import judge_from_config, local_judge, run_label
 
@@ -172,6 +159,19 @@ def run_label_stage(call: StageCall) -> dict:
     with local_judge(cfg, cfg.label.local_judge, sft_model=call["judge_model"], world=call["world"]) as judge:
         run_label(cfg, call.out_dir, pairs=call["pairs"], judges=[judge], labeler_cls=labeler)
     return {}
+
+
+register(Stage(
+    "label", "§3.3", "AI feedback: judges on OpenAI-compatible endpoints label the pairs",
+    (Input("pairs", ("label.pairs",), output_of("pairs", "pairs")),
+     Input("judges", ("label.endpoints",), lambda cfg, _: Resolved([f"local {cfg.label.local_judge} judge"],
+                                                                   "label.local_judge"), kind="endpoint"),
+     Input("judge_model", (), latest_model(MODELS_AFTER_SFT), kind="checkpoint",
+           unused=lambda cfg: _local_judge(cfg) or (None if cfg.label.local_judge == "sft" else "label.local_judge is not sft")),
+     Input("world", (), demo_file("world.json"),
+           unused=lambda cfg: _local_judge(cfg) or (None if cfg.label.local_judge == "world" else "label.local_judge is not world"))),
+    _file("ai_labels", "ai.parquet"), run_label_stage,
+))
 
 
 def run_prefs_stage(call: StageCall) -> dict:
