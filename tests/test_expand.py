@@ -245,3 +245,36 @@ def test_gpt2_is_refused_in_one_line(tmp_path):
     with pytest.raises(BatrayError) as e:
         expand(src, tmp_path / "never", Request(num_layers=4))
     assert "model type 'gpt2'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arch", ["glm", "qwen2_tied"])
+def test_streamed_probe_gives_the_in_memory_logits(sources, arch):
+    """The probe's layer-streamed float32 forward (embedding rows, one layer at a time, head in blocks) is the model's."""
+    from batray.expansion import probe
+
+    assert torch.allclose(probe.streamed_logits(sources[arch], IDS), logits(sources[arch]), atol=1e-5)
+
+
+@pytest.mark.parametrize("request_", [EXACT_WIDTH, Request(hidden_size=48, intermediate_size=64, num_heads=6,
+                                                           num_kv_heads=3, method="fpi", seed=3),
+                                      Request(hidden_size=64, num_heads=8, num_kv_heads=4, method="exact",
+                                              noise_std=0.05, num_layers=4)])
+def test_blockwise_writing_equals_whole_tensor_expansion(sources, tmp_path, monkeypatch, request_):
+    """Tensors written a few rows at a time are bit-identical to expanding each source tensor whole (Eqs. 6-7)."""
+    from batray.expansion import stream
+
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 256)  # every weight split into many row blocks
+    dst = tmp_path / "blocks"
+    expand(sources["glm"], dst, request_, probe=False, max_shard_bytes=8 << 10)
+    plan = plan_expansion(sources["glm"], request_, max_shard_bytes=8 << 10)
+    reader = stream.SourceReader(plan)
+    for shard, name in zip(plan.shards, plan.shard_names):
+        with safe_open(str(dst / name), "pt") as f:
+            for spec in shard:
+                whole = stream.expand_tensor(plan, spec, None if spec.zero else reader.whole(spec.source))
+                if plan.noise_std > 0 and spec.in_axis == 1 and len(spec.shape) == 2:
+                    assert torch.allclose(f.get_tensor(spec.name), whole, atol=0.3), spec.name  # noise drawn per block
+                else:
+                    assert torch.equal(f.get_tensor(spec.name), whole), spec.name
+    if request_.method == "exact":
+        assert_same_function(sources["glm"], dst)

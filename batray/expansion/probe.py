@@ -1,7 +1,10 @@
 """How close the expanded model is to its source: logit deviation on a probe batch.
 
-The probe is random token ids (seeded); models too big for memory are run with their decoder layers
-streamed from disk. `exact` width growth and `stack: zero` should give a
+The probe is random token ids (seeded). Both models are run in float32 with their weights streamed
+from the checkpoint (`streamed_logits`): the embedding rows of the probe's ids, then one decoder
+layer at a time, then the head a block of vocabulary rows at a time, so the probe, like the
+expansion, holds one layer's weights whatever the model's size. `exact` width growth and
+`stack: zero` should give a
 deviation at float32 rounding level; `fpi` (Eqs. 5-7) shows how far RMSNorm's changed statistics
 move the function; `stack: copy` is not function preserving at all.
 """
@@ -49,6 +52,101 @@ def logits_of(path: str | Path, ids: torch.Tensor, *, offload: bool = False) -> 
     return out
 
 
+# Vocabulary rows of the output head multiplied at a time (float32 bytes) in `streamed_logits`.
+HEAD_BLOCK_BYTES = 64 << 20
+
+
+class _Checkpoint:
+    """Tensors of an HF safetensors folder by name, each read through a handle opened for that read (no
+    mapped pages left behind)."""
+
+    def __init__(self, path: Path):
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            self.files = json.loads(index.read_text())["weight_map"]
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(path / "model.safetensors"), "pt") as f:
+                self.files = {k: "model.safetensors" for k in f.keys()}
+        self.path = path
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def _open(self, name: str):
+        from safetensors import safe_open
+
+        return safe_open(str(self.path / self.files[name]), "pt")
+
+    def get(self, name: str) -> torch.Tensor:
+        with self._open(name) as f:
+            return f.get_tensor(name).float()
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        with self._open(name) as f:
+            return f.get_slice(name)[start:stop].float()
+
+    def shape(self, name: str) -> list[int]:
+        with self._open(name) as f:
+            return f.get_slice(name).get_shape()
+
+
+def streamed_logits(path: str | Path, ids: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of the checkpoint at `path` on `ids`, holding one decoder layer's weights at a time.
+
+    The model is built with its parameters on the meta device (buffers such as the rotary frequencies
+    real); `inputs_embeds` are the embedding rows of `ids`; each decoder layer's weights are read in
+    just before it runs and dropped after; the final norm is read; the head multiplies a block of
+    vocabulary rows at a time (the tied embedding when the checkpoint has no `lm_head.weight`).
+    """
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    ckpt = _Checkpoint(path)
+    config = AutoConfig.from_pretrained(str(path))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    names = [n for n, _ in model.named_parameters()]
+
+    def load(prefix: str) -> None:
+        for n in names:
+            if n.startswith(prefix):
+                set_module_tensor_to_device(model, n, "cpu", value=ckpt.get(n))
+
+    def drop(prefix: str) -> None:
+        for n in names:
+            if n.startswith(prefix):
+                set_module_tensor_to_device(model, n, "meta")
+
+    body = model.get_decoder()
+    hooks = []
+    for i, layer in enumerate(body.layers):
+        prefix = f"model.layers.{i}."
+        hooks.append(layer.register_forward_pre_hook(lambda m, a, prefix=prefix: load(prefix)))
+        hooks.append(layer.register_forward_hook(lambda m, a, o, prefix=prefix: drop(prefix)))
+    load("model.norm.")
+    embed = "model.embed_tokens.weight"
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    with torch.no_grad():
+        rows = torch.stack([ckpt.rows(embed, int(t), int(t) + 1)[0] for t in unique])
+        embeds = rows[inverse]
+        hidden = body(inputs_embeds=embeds).last_hidden_state
+        head = "lm_head.weight" if "lm_head.weight" in ckpt else embed
+        vocab, width = ckpt.shape(head)
+        step = max(1, HEAD_BLOCK_BYTES // (4 * width))
+        logits = torch.cat([hidden @ ckpt.rows(head, v, min(vocab, v + step)).T for v in range(0, vocab, step)], dim=-1)
+        if "lm_head.bias" in ckpt:
+            logits = logits + ckpt.get("lm_head.bias")
+    for h in hooks:
+        h.remove()
+    del model
+    return logits
+
+
 def logit_deviation(reference: torch.Tensor, other: torch.Tensor) -> dict:
     """Max and mean absolute logit difference, with the reference logits' scale for context."""
     diff = (reference - other).abs()
@@ -56,37 +154,11 @@ def logit_deviation(reference: torch.Tensor, other: torch.Tensor) -> dict:
             "reference_logit_std": float(reference.std())}
 
 
-def fp32_bytes(folder: str | Path) -> int:
-    """Memory a float32 copy of a checkpoint needs (from the config: parameter count x 4)."""
-    from transformers import AutoConfig
-
-    from batray.models.presets import count_parameters
-
-    return 4 * count_parameters(AutoConfig.from_pretrained(str(folder)))
-
-
-def available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def measure(src: str | Path, dst: str | Path, *, tokens: int, seed: int) -> dict:
-    """Deviation of `dst`'s logits from `src`'s on a seeded random batch.
-
-    The two models are loaded one after the other. When the larger one would not fit in 80% of the
-    available memory as float32, the decoder layers stay on disk and are streamed in one at a time
-    (accelerate's disk offload), so the probe, like the expansion, needs a few tensors' memory.
-    """
-    need = max(fp32_bytes(src), fp32_bytes(dst))
-    avail = available_bytes()
-    offload = avail is not None and need > 0.8 * avail
+    """Deviation of `dst`'s logits from `src`'s on a seeded random batch, both run in float32 with their
+    weights streamed from disk one decoder layer at a time (`streamed_logits`)."""
     vocab = json.loads(Path(src, "config.json").read_text())["vocab_size"]
     ids = probe_ids(vocab, tokens, seed)
-    reference = logits_of(src, ids, offload=offload)
-    other = logits_of(dst, ids, offload=offload)
-    return {"probe_shape": list(ids.shape), "layers_offloaded": offload, **logit_deviation(reference, other)}
+    reference = streamed_logits(src, ids)
+    other = streamed_logits(dst, ids)
+    return {"probe_shape": list(ids.shape), "layers_streamed": True, **logit_deviation(reference, other)}

@@ -1,9 +1,9 @@
-"""Write an expanded checkpoint tensor by tensor: peak memory is a few of the largest tensors.
+"""Write an expanded checkpoint a block of rows at a time: peak memory is a few blocks, whatever the model.
 
 Each output shard is written by `write_shard`: its safetensors header is known from the plan
-(names, dtypes, shapes), so it is written first and then every tensor is read from the source
-(`safe_open`, memory-mapped), expanded, appended and dropped. Nothing ever holds a whole shard, let
-alone the model. Shards are independent, so `expand_checkpoint` runs them through whatever `run_shards`
+(names, dtypes, shapes), so it is written first and then every tensor is made a block of rows at a
+time: the source rows it needs read (`safe_open`, opened per read so no mapped pages pile up),
+expanded, appended and dropped. Nothing ever holds a whole tensor, let alone a shard or the model. Shards are independent, so `expand_checkpoint` runs them through whatever `run_shards`
 it is given: a plain loop here, Ray tasks in `jobs/expand.py`.
 
 The output folder is built in `DST.tmp` and renamed to `DST` once complete, so a crash never leaves
@@ -51,7 +51,7 @@ def noise_generator(seed: int, tensor_name: str) -> torch.Generator:
 
 
 def expand_tensor(plan: ExpansionPlan, spec: TensorSpec, source: torch.Tensor | None) -> torch.Tensor:
-    """The output tensor of `spec` from its source tensor (None when the spec is a zeroed copy)."""
+    """The output tensor of `spec` from its whole source tensor (None when the spec is a zeroed copy)."""
     if spec.zero:
         return torch.zeros(spec.shape, dtype=_TORCH_DTYPES[spec.dtype])
     maps = tuple(plan.maps.get(s) for s in spec.spaces)
@@ -61,29 +61,92 @@ def expand_tensor(plan: ExpansionPlan, spec: TensorSpec, source: torch.Tensor | 
     return out
 
 
-def write_shard(plan: ExpansionPlan, shard: int, out_dir: str) -> dict:
-    """Write output shard `shard` of `plan` into `out_dir`; returns its name, bytes and seconds."""
-    from safetensors import safe_open
+# Output rows are made this many float32 bytes at a time: expand_weight's float32 temporaries (the
+# gather, the division, the noise) are a few blocks, whatever the tensor's or the model's size.
+BLOCK_BYTES = 32 << 20
 
+
+class SourceReader:
+    """Row ranges of source tensors, each read through a safetensors handle opened for that read.
+
+    `safe_open` memory-maps the file; a handle kept open for a whole shard leaves every page it
+    touched mapped into this process, and mapped pages count in its proportional set size (they
+    add up to the whole source over a run). Closing the handle after each read unmaps them, so the
+    process holds only the rows it is working on.
+    """
+
+    def __init__(self, plan: ExpansionPlan):
+        self.plan = plan
+
+    def _open(self, name: str):
+        from safetensors import safe_open
+
+        return safe_open(str(Path(self.plan.src_dir) / self.plan.source_files[name]), "pt")
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        with self._open(name) as f:
+            return f.get_slice(name)[start:stop]
+
+    def whole(self, name: str) -> torch.Tensor:
+        with self._open(name) as f:
+            return f.get_tensor(name)
+
+
+def expand_blocks(plan: ExpansionPlan, spec: TensorSpec, reader: SourceReader):
+    """The output tensor of `spec` as consecutive blocks of rows (axis 0), each read, expanded (Eqs. 6-7)
+    and returned on its own: row block [r0, r1) needs only source rows s_0(r0..r1-1) (Eq. 5's mapping
+    of axis 0), so no block needs the whole source tensor. Eq. 7 divides along the in-axis (axis 1),
+    which every block carries whole, and the cancelling noise sums to zero within a row."""
+    dtype = _TORCH_DTYPES[spec.dtype]
+    shape = spec.shape
+    row_elems = 1
+    for d in shape[1:]:
+        row_elems *= d
+    rows = shape[0] if shape else 1
+    step = max(1, BLOCK_BYTES // (4 * max(row_elems, 1)))
+    if spec.zero:
+        for r0 in range(0, rows, step):
+            yield torch.zeros((min(rows, r0 + step) - r0, *shape[1:]) if shape else (), dtype=dtype)
+        return
+    maps = tuple(plan.maps.get(s) for s in spec.spaces)
+    if not shape or spec.in_axis == 0:  # no row-wise split of the division: the whole tensor at once
+        yield expand_tensor(plan, spec, reader.whole(spec.source))
+        return
+    row_map = maps[0] if maps[0] is not None and not maps[0].is_identity() else None
+    gen = noise_generator(plan.seed, spec.name) if plan.noise_std > 0 else None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        if row_map is None:
+            block = reader.rows(spec.source, r0, r1)
+        else:
+            index = row_map.index[r0:r1]
+            lo, hi = int(index.min()), int(index.max()) + 1  # exact maps: one contiguous source range
+            block = reader.rows(spec.source, lo, hi)
+            if not (hi - lo == r1 - r0 and torch.equal(index, torch.arange(lo, hi))):
+                block = block.index_select(0, index - lo)
+        out = expand_weight(block, (None, *maps[1:]), spec.in_axis, noise_std=plan.noise_std, generator=gen)
+        assert tuple(out.shape[1:]) == shape[1:] and out.shape[0] == r1 - r0, (spec.name, tuple(out.shape), shape)
+        yield out
+        del block, out
+
+
+def write_shard(plan: ExpansionPlan, shard: int, out_dir: str) -> dict:
+    """Write output shard `shard` of `plan` into `out_dir`, block of rows by block; returns its name,
+    bytes and seconds. Memory: a few blocks (`BLOCK_BYTES`), never a whole tensor or shard."""
     t0 = time.perf_counter()
     tensors = plan.shards[shard]
     path = Path(out_dir) / plan.shard_names[shard]
-    handles: dict[str, object] = {}
-    try:
-        with open(path, "wb") as out:
-            out.write(_header_bytes(tensors))
-            for spec in tensors:
-                source = None
-                if not spec.zero:
-                    fname = plan.source_files[spec.source]
-                    if fname not in handles:
-                        handles[fname] = safe_open(str(Path(plan.src_dir) / fname), "pt")
-                    source = handles[fname].get_tensor(spec.source)
-                tensor = expand_tensor(plan, spec, source).contiguous()
-                out.write(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
-                del source, tensor
-    finally:
-        handles.clear()
+    reader = SourceReader(plan)
+    with open(path, "wb") as out:
+        out.write(_header_bytes(tensors))
+        for spec in tensors:
+            written = 0
+            for block in expand_blocks(plan, spec, reader):
+                block = block.contiguous()
+                if block.numel():
+                    out.write(block.view(torch.uint8).numpy().data)
+                written += block.numel() * block.element_size()
+            assert written == spec.nbytes, (spec.name, written, spec.nbytes)
     return {"name": path.name, "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
 
 
