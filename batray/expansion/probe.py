@@ -68,7 +68,7 @@ class _Checkpoint:
             from safetensors import safe_open
 
             with safe_open(str(path / "model.safetensors"), "pt") as f:
-                self.files = {k: "model.safetensors" for k in f.keys()}
+                self.files = dict.fromkeys(f.keys(), "model.safetensors")
         self.path = path
 
     def __contains__(self, name: str) -> bool:
@@ -143,7 +143,6 @@ def streamed_logits(path: str | Path, ids: torch.Tensor) -> torch.Tensor:
             logits = logits + ckpt.get("lm_head.bias")
     for h in hooks:
         h.remove()
-    del model
     return logits
 
 
