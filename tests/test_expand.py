@@ -278,3 +278,15 @@ def test_blockwise_writing_equals_whole_tensor_expansion(sources, tmp_path, monk
                     assert torch.equal(f.get_tensor(spec.name), whole), spec.name
     if request_.method == "exact":
         assert_same_function(sources["glm"], dst)
+
+
+def test_power_of_two_division_in_the_source_dtype_is_bit_identical_to_float32():
+    """Exact x2 growth divides bf16/fp16 weights in their own dtype: the same bits as float32 then rounding."""
+    from batray.expansion import exact_map, expand_weight
+
+    maps = (exact_map(64, 128), exact_map(48, 96))
+    for dtype in (torch.bfloat16, torch.float16):
+        w = (torch.randn(64, 48, generator=torch.Generator().manual_seed(1)) * 1e-3).to(dtype)
+        w[0, :4] = torch.tensor([6e-8, -6e-8, 1e-7, 65504.0]).to(dtype)  # subnormal results, the largest value
+        reference = w.float().index_select(0, maps[0].index).index_select(1, maps[1].index) / 2
+        assert torch.equal(expand_weight(w, maps, 1), reference.to(dtype)), dtype

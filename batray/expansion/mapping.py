@@ -100,16 +100,20 @@ def expand_weight(weight: torch.Tensor, maps: tuple[UnitMap | None, ...], in_axi
     """Eqs. 6-7: gather `weight` along every mapped axis; divide the in-axis by the copy counts.
 
     `noise_std > 0` (2-D weights read along axis 1) adds `cancelling_noise`. Computed in float32,
-    returned in the source dtype.
+    returned in the source dtype; except when every divisor is a power of two and there is no noise
+    (`exact` growth by a factor of 2^k): dividing by 2^k only changes the exponent, so the source
+    dtype gives the very bits float32-then-round would, without the float32 copies.
     """
-    out = weight.to(torch.float32)
+    in_map = maps[in_axis] if in_axis is not None else None
+    power_of_two = in_map is None or bool((torch.frexp(in_map.divisor()).mantissa == 0.5).all())
+    out = weight if noise_std == 0 and power_of_two else weight.to(torch.float32)
     for axis, unit_map in enumerate(maps):
         if unit_map is not None and not unit_map.is_identity():
             out = out.index_select(axis, unit_map.index)
     if in_axis is not None and maps[in_axis] is not None:
         shape = [1] * out.dim()
         shape[in_axis] = -1
-        out = out / maps[in_axis].divisor().reshape(shape)
+        out = out / maps[in_axis].divisor().to(out.dtype).reshape(shape)
         if noise_std > 0 and out.dim() == 2 and in_axis == 1:
             out = out + cancelling_noise(tuple(out.shape), maps[in_axis], noise_std, generator)
     return out.to(weight.dtype)
