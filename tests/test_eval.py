@@ -253,3 +253,26 @@ def test_chat_wrapping_puts_the_prompt_in_one_user_turn(tiny_tokenizer):
     backend = LocalBackend("tiny", model=model, tokenizer=tiny_tokenizer)
     l2r = tiny_tokenizer.convert_tokens_to_ids("<|l2r|>")
     assert backend.encode(wrapped).count(l2r) == 1 and backend.encode(prompt)[0] == l2r
+
+
+def test_ppl_mode_scores_option_texts_as_continuations(tiny_tokenizer):
+    from batray.eval.modes import Request, get_mode
+    from batray.eval.scoring import LocalBackend
+    from batray.models.presets import build_model, preset_config
+
+    prompt = build_prompt("cmmlu", "解剖学", [Q1], ITEM, "ppl").text
+    assert prompt.endswith("题目：" + ITEM.question + "\n答案是：") and "\nA. " not in prompt  # no options shown
+    assert Q1.options["ABCD".index(Q1.answer)] + "\n\n" in prompt  # the shot answered with the gold text
+    model = build_model(preset_config("batgpt-tiny", vocab_size=len(tiny_tokenizer)), seed=1)
+    backend = LocalBackend("tiny", model=model, tokenizer=tiny_tokenizer, batch_size=3)
+    pairs = [(prompt, o) for o in ITEM.options]
+    batched = backend.continuation_logprobs(pairs)
+    for (p, o), got in zip(pairs, batched):  # left padding changes nothing; the sum over the option's tokens
+        ctx, full = backend.encode(p), backend.encode(p + o)
+        logp = model(input_ids=torch.tensor([full])).logits.float().log_softmax(-1)[0]
+        want = sum(float(logp[i - 1, full[i]]) for i in range(len(ctx), len(full)))
+        assert got == pytest.approx(want, abs=1e-3)
+    req = Request("anatomy", 0, prompt, ITEM.answer, ITEM.options, 1)
+    row = get_mode("ppl").predict(backend, [req], "cmmlu")[0]
+    norm = [b / len(o) for b, o in zip(batched, ITEM.options)]
+    assert row["pred"] == "ABCD"[max(range(4), key=lambda k: norm[k])]

@@ -28,7 +28,8 @@ class EvalConfig(Schema):
     data: InputPath | None = Field(default=None, description="folder holding cmmlu/ and ceval/; null: data.benchmarks, else the demo benchmarks")
     models: list[InputPath] = Field(default=[], description="checkpoints or endpoint URLs; empty: the run's sft and ppo models")
     shots: list[int] = [5, 0]
-    modes: list[Literal["da", "cot", "rerank"]] = ["da"]
+    modes: list[Literal["da", "cot", "ppl", "rerank"]] = Field(
+        default=["da"], description="da: the answer letter; cot: worked answer; ppl: likeliest option text")
     subjects: list[str] | None = None
     limit: int | None = Field(default=None, ge=1, description="items per subject")
     num_actors: int = Field(default=1, ge=1)

@@ -83,4 +83,4 @@ class GrowConfig(Schema):
     steps_per_phase: int = Field(default=50, ge=1)
     width: ExpandConfig | None = Field(default=None, description="optional width step after the last stack")
     stack: Literal["copy", "zero"] = "zero"
-    compare_from_scratch: bool = Field(default=False, description="also train the final size from scratch")
+    compare_from_scratch: bool = Field(default=False, description="also train the final size from scratch, for the same parameters x tokens")

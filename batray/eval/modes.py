@@ -1,7 +1,7 @@
 """Scoring modes, chosen by name from a registry (the hook for `rerank`, issue 11).
 
 A mode says which prompt style it needs (`da`: the prompt ends where the letter goes; `cot`: it
-invites a worked answer) and turns a batch of `Request`s into prediction rows on a backend
+invites a worked answer; `ppl`: the question alone, each option's text scored as its continuation) and turns a batch of `Request`s into prediction rows on a backend
 (`batray.eval.scoring.LocalBackend` / `EndpointBackend`). It runs inside a scorer actor.
 
 To add a mode: provide `name`, `prompt_style` and `predict(backend, requests, benchmark, **options)
@@ -69,6 +69,26 @@ class ChainOfThought:
         return [{"pred": extract_answer(benchmark, t, r.options), "text": t} for r, t in zip(requests, texts)]
 
 
+class OptionLikelihood:
+    """`ppl`: each option's text scored as the continuation of the question (mean log-probability per
+    character, lm-evaluation-harness's `acc_norm` normalization); the prediction is the likeliest. The
+    option-likelihood evaluation small models are judged by (OpenCompass's PPL inferencer); local models only."""
+
+    name = "ppl"
+    prompt_style = "ppl"
+
+    def predict(self, backend, requests: list[Request], benchmark: str, **options) -> list[dict]:
+        if not hasattr(backend, "continuation_logprobs"):
+            raise BatrayError("eval mode ppl scores option texts with a local model; an endpoint cannot")
+        pairs = [(r.prompt, o) for r in requests for o in r.options]
+        logps = backend.continuation_logprobs(pairs)
+        rows = []
+        for i, _ in enumerate(requests):
+            s = [logps[4 * i + k] / max(1, len(o)) for k, o in enumerate(requests[i].options)]
+            rows.append({"pred": LETTERS[max(range(4), key=lambda k: s[k])], "scores": s})
+        return rows
+
+
 MODES: dict[str, Mode] = {}
 
 
@@ -92,3 +112,4 @@ def get_mode(name: str) -> Mode:
 
 register_mode(DirectAnswer())
 register_mode(ChainOfThought())
+register_mode(OptionLikelihood())

@@ -16,6 +16,9 @@ k shots are the first k dev items. When the prompt does not fit the context, sho
 CMMLU's own rule (used for both benchmarks): while the shots' token count reaches the budget left by
 header + item, remove the longest shot(s); if even header + item do not fit, the prompt is the item
 alone. A chat model gets the finished prompt as one user turn of its chat template.
+
+`ppl` style (option likelihood): `题目：{q}\n答案是：{option}` (CMMLU) / `{q}\n答案：{option}` (C-Eval), the
+shots answered with the gold option's text; the prediction is the option whose text is likeliest.
 """
 
 from __future__ import annotations
@@ -41,7 +44,16 @@ def _options(item: Item) -> str:
 
 
 def format_example(benchmark: str, item: Item, include_answer: bool, style: str = "da") -> str:
-    """One question: a shot (with its answer) or the scored item (ending where the answer goes)."""
+    """One question: a shot (with its answer) or the scored item (ending where the answer goes).
+
+    style `ppl` (the option-likelihood evaluation of OpenCompass's PPL inferencer): the question without
+    its options, the shots answered with the gold option's text; the scored item ends at the answer cue
+    and each option's text is scored as its continuation.
+    """
+    if style == "ppl":
+        cue = "\n答案是：" if benchmark == "cmmlu" else "\n答案："
+        text = ("题目：" if benchmark == "cmmlu" else "") + item.question + cue
+        return text + (item.options["ABCD".index(item.answer)] + "\n\n" if include_answer else "")
     if benchmark == "cmmlu":
         text = "题目：" + item.question + _options(item)
         if include_answer:  # shots are always direct-answer shots in CMMLU's code
@@ -57,7 +69,7 @@ def format_example(benchmark: str, item: Item, include_answer: bool, style: str 
 
 def header(benchmark: str, subject_zh: str, style: str = "da") -> str:
     if benchmark == "cmmlu":
-        return CMMLU_HEADER[style].format(subject_zh)
+        return CMMLU_HEADER.get(style, CMMLU_HEADER["da"]).format(subject_zh)
     return CEVAL_HEADER.format(subject_zh)
 
 

@@ -109,7 +109,7 @@ def evaluate(model: str, benchmark: str, data_dir: str, out_dir: str | Path, *, 
     bench = bench or load_benchmark(benchmark, data_dir, subjects_of(benchmark, ecfg.subjects), ecfg.limit, split)
     style = mode_impl.prompt_style
     fitter = PromptFitter(None if is_endpoint(model) else model, chat=ecfg.chat)
-    reserve = 1 if style == "da" else ecfg.max_new_tokens
+    reserve = {"da": 1, "ppl": 16}.get(style, ecfg.max_new_tokens)  # room after the prompt: a letter, an option
     requests = build_requests(bench, shots, style, fitter, reserve)
     own_group = group is None
     if own_group:

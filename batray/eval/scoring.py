@@ -149,6 +149,27 @@ class LocalBackend:
                 scores[owners[k]][k % 4] = float(logp[j, seq[-1]])
         return scores
 
+    # -- ppl ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def continuation_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """log p(continuation | prompt), summed over the continuation's tokens, for each (prompt, text)."""
+        seqs = []
+        for prompt, text in pairs:
+            ctx = self.encode(prompt)
+            full = self.encode(prompt + text)
+            n = len(full) - len(ctx) if full[:len(ctx)] == ctx else len(self.tokenizer.encode(text, add_special_tokens=False))
+            seqs.append((self._fit(full, 0), max(1, n)))
+        out = []
+        for start in range(0, len(seqs), self.batch_size):
+            chunk = seqs[start:start + self.batch_size]
+            ids, mask, pos = self._batch([s for s, _ in chunk])
+            logp = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float().log_softmax(-1)
+            for j, (s, n) in enumerate(chunk):
+                width = ids.shape[1]
+                targets = ids[j, width - n:]
+                out.append(float(logp[j, width - n - 1:width - 1].gather(-1, targets[:, None]).sum()))
+        return out
+
     # -- cot ----------------------------------------------------------------------------------
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from batray.rollout.engine import HFRolloutEngine, SamplingParams

@@ -9,7 +9,7 @@ widens the model (Eqs. 5-7) and trains it. Layout under `<run_dir>/grow/`:
     stage_i/init/          the expanded checkpoint the phase starts from (expansion.json: its deviation)
     stage_i/               that phase's pretraining output
     scratch/               with `compare_from_scratch`: the final size trained from scratch, same corpus,
-                           same tokenizer, as many steps as all phases together
+                           same tokenizer, for the same compute (parameters x tokens) as all phases together
     final/                 the last phase's final checkpoint (files hard-linked), batray.json stage "grow"
     summary.json, loss.png the loss curve across phases next to the from-scratch run
 
@@ -118,8 +118,19 @@ def run_phases(cfg: RecipeConfig, out: Path, phases: list[Phase], corpus: str, w
     return previous
 
 
+def scratch_steps(out: Path, phases: list[Phase], steps_per_phase: int) -> int:
+    """Steps of the final size that cost what all phases cost together, in parameters x tokens (every
+    phase sees the same tokens per step): sum_i params_i * steps / params_final."""
+    from transformers import AutoConfig
+
+    from batray.models.presets import count_parameters
+
+    params = [count_parameters(AutoConfig.from_pretrained(str(out / p.name / "final"))) for p in phases]
+    return max(1, round(sum(params) * steps_per_phase / params[-1]))
+
+
 def run_scratch(cfg: RecipeConfig, out: Path, phases: list[Phase], corpus: str) -> str:
-    """The final size from scratch, same corpus and tokenizer, as many steps as all phases together."""
+    """The final size from scratch, same corpus and tokenizer, for the compute all phases took together."""
     sdir = out / "scratch"
     tok = out / phases[0].name / "tokenizer"
     if tok.is_dir() and not (sdir / "tokenizer").exists():
@@ -129,7 +140,7 @@ def run_scratch(cfg: RecipeConfig, out: Path, phases: list[Phase], corpus: str) 
                  "intermediate_size": s["intermediate_size"], "num_attention_heads": s["num_heads"],
                  "num_key_value_heads": s["num_kv_heads"]}
     return run_pretrain(cfg, str(sdir), corpus=corpus, model_overrides=overrides,
-                        max_steps=cfg.grow.steps_per_phase * len(phases))
+                        max_steps=scratch_steps(out, phases, cfg.grow.steps_per_phase))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

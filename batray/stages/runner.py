@@ -3,7 +3,8 @@
 `run_stage` resolves the stage's plan, generates the demo world first when an input comes from it and
 it is missing, checks every input (one line naming what is missing and how to get it), and calls the
 stage. `run_recipe` runs the selected stages in order, records each one's plan, time and summary in
-`<run_dir>/run_state.json`, and writes the report. `format_plan` is what `--dry-run` prints.
+`<run_dir>/run_state.json`, measures every stage's claim on held-out data (`batray.measure`) and writes
+the report (`report.html`, `report.json`). `format_plan` is what `--dry-run` prints.
 """
 
 from __future__ import annotations
@@ -111,9 +112,14 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
         save_state(cfg.run_dir, state)
         console.print(f"{stage}: done in {elapsed:.1f}s -> {plan['outputs']}")
     if report:
+        from batray.measure import measure_run
         from batray.report import build_report
 
-        path = build_report(cfg.run_dir, state)
+        console.rule("[bold]measure: every stage's claim on held-out data")
+        started = time.time()
+        measurements = measure_run(cfg, kit)
+        console.print(f"measured in {time.time() - started:.1f}s")
+        path = build_report(cfg.run_dir, state, measurements)
         console.print(f"report: {path}")
         state["report"] = str(path)
     return state
