@@ -31,6 +31,10 @@ class CriticActor(DistributedWorker):
         super().join_process_group(addr, port, backend, timeout_s)
         # A causal-LM path gets a fresh value head (seeded: every rank builds the same one).
         model, _ = build_reward_model(self.model_path, self.tokenizer, seed=self.seed)
+        if self.cfg.lora is not None:  # adapters on the backbone, the value head trained in full
+            from batray.models.lora import apply_lora
+
+            model = apply_lora(model, self.cfg.lora, kind="score", base=self.model_path)
         torch.manual_seed(self.seed + self.rank)
         self.trainer = DeepSpeedTrainer(model.to(self.device), lr=self.cfg.critic_lr, cfg=self.cfg,
                                         world_size=self.world_size)

@@ -14,6 +14,7 @@ from batray.groups import DistributedWorker, busy
 from batray.checkpoint import save_hf_checkpoint
 from batray.config.rl import PpoConfig
 from batray.models.loading import load_model_and_tokenizer
+from batray.models.lora import adapters_disabled, apply_lora, full_copy, is_lora, save_lora_final
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
@@ -39,6 +40,8 @@ class PolicyActor(DistributedWorker):
         """Join the role's group, then build the DeepSpeed engine over it (ZeRO partitions across the ranks)."""
         super().join_process_group(addr, port, backend, timeout_s)
         model, _ = load_model_and_tokenizer(self.model_path, tokenizer=self.tokenizer, device=self.device)
+        if self.cfg.lora is not None:  # the base stays frozen: it is also the reference (adapters disabled)
+            model = apply_lora(model, self.cfg.lora, base=self.model_path)
         self.trainer = DeepSpeedTrainer(model, lr=self.cfg.actor_lr, cfg=self.cfg, world_size=self.world_size)
 
     @busy
@@ -46,6 +49,14 @@ class PolicyActor(DistributedWorker):
         self.trainer.wake()  # the step's first use of the weights (ppo.offload_between_phases)
         self.trainer.eval()
         return train.response_logprobs(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+
+    @busy
+    def reference_logprobs(self, batch: dict) -> torch.Tensor:
+        """log pi_inst of Eq. 4 with LoRA: the policy's own base, adapters disabled (no second copy)."""
+        self.trainer.wake()
+        self.trainer.eval()
+        with adapters_disabled(self.trainer.module):
+            return train.response_logprobs(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
 
     @busy
     def train(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> dict[str, float]:
@@ -106,5 +117,10 @@ class PolicyActor(DistributedWorker):
         state = self.trainer.consolidated_state_dict()  # a collective under ZeRO-3
         if self.rank != 0:
             return None
-        return str(save_hf_checkpoint(self.trainer.module, self.tokenizer, folder, stage="ppo", state_dict=state,
-                                      **marker))
+        module = self.trainer.module
+        if is_lora(module):  # final/adapter, and final/ merged (ppo.lora.merge)
+            return str(save_lora_final(
+                full_copy(module, state), folder, self.cfg.lora,
+                lambda m, more: save_hf_checkpoint(m, self.tokenizer, folder, stage="ppo",
+                                                   **{**marker, "extra": {**marker.get("extra", {}), **more}})))
+        return str(save_hf_checkpoint(module, self.tokenizer, folder, stage="ppo", state_dict=state, **marker))

@@ -99,6 +99,22 @@ class OptimConfig(Schema):
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
 
 
+class LoraConfig(Schema):
+    """LoRA adapters through peft (`<stage>.lora` of sft, reward and ppo's policy and critic; null: full fine-tuning).
+
+    Checkpoints hold the adapter; `final/adapter/` the adapter and, with `merge`, `final/` the merged model."""
+
+    rank: int = Field(default=8, ge=1, description="r of W + B A * alpha / r")
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        default=None, description="module names to adapt; null: the attention and MLP projections of the model type "
+        "(glm, llama, qwen2, mistral, gpt2, ...; other types: every linear layer but the head)")
+    modules_to_save: list[str] | None = Field(
+        default=None, description="modules trained in full; null: the score/value head of a reward model or critic")
+    merge: bool = Field(default=True, description="final/ holds the merged model (loads without peft)")
+
+
 class TrainConfig(Schema):
     """What every Ray Train stage has: steps, batch, checkpoints, logging, scaling, DeepSpeed."""
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from batray.config.base import DeepSpeedConfig, InputPath, Schema, TrainConfig
+from batray.config.base import DeepSpeedConfig, InputPath, LoraConfig, Schema, TrainConfig
 from batray.config.sources import DataSpec, PreferenceColumns, PromptColumns
 
 
@@ -118,6 +118,7 @@ class RewardConfig(TrainConfig, PreferenceColumns):
         default=None, description="null: the latest model stage before reward (sft); a causal LM or reward checkpoint, or a preset (random init)"
     )
     held_out_fraction: float = Field(default=0.1, ge=0, lt=1, description="pairs held out for evaluation (by pair_id hash)")
+    lora: LoraConfig | None = Field(default=None, description="LoRA adapters (the score head trained in full)")
 
     @model_validator(mode="after")
     def _band_below_margin(self) -> "RewardConfig":
@@ -253,6 +254,9 @@ class PpoConfig(PromptColumns):
     critic_init: InputPath | None = Field(
         default=None, description="null: the reward model (InstructGPT), or policy_init with a fresh head for a rule reward"
     )
+    lora: LoraConfig | None = Field(
+        default=None, description="LoRA adapters on the policy and the critic (its value head trained in full); the "
+        "reference is then the policy with its adapters disabled (no reference actors, no second copy)")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from batray.config.base import InputPath, OutputPath, Schema, TrainConfig
+from batray.config.base import InputPath, LoraConfig, OutputPath, Schema, TrainConfig
 from batray.config.sources import DataSpec, SftColumns
 
 
@@ -54,6 +54,7 @@ class SftConfig(TrainConfig, SftColumns):
     data: DataSpec | None = Field(default=None, description="SFT rows in any layout batray reads; null: data.sft")
     loss_on: Literal["last", "all"] = Field(default="last", description="assistant turns that carry loss")
     init_from: InputPath | None = Field(default=None, description="null: the latest model stage before sft (pretrain/grow/expand), else model.path")
+    lora: LoraConfig | None = Field(default=None, description="LoRA adapters instead of full fine-tuning")
 
 
 class ExpandConfig(Schema):

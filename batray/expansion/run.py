@@ -15,6 +15,7 @@ from pathlib import Path
 
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig
+from batray.errors import BatrayError
 from batray.expansion import REPORT, ExpansionPlan, Request, expand, plan_expansion
 from batray.progress import Progress
 from batray.ray_session import init_ray
@@ -64,6 +65,11 @@ def same_request(report_path: Path, src: str, request: Request) -> bool:
 def run_expand(cfg: RecipeConfig, *, src: str, dst: str, writer_cls: type | None = None) -> dict:
     """Expand `src` into `dst` per `cfg.expand`; returns the report (also in DST/expansion.json).
     `writer_cls`: the shard-writer actor class (None: shards written in this process, one by one)."""
+    from batray.models.lora import is_adapter_folder
+
+    if is_adapter_folder(src):
+        raise BatrayError(f"expand: {src} is a LoRA adapter (adapter_config.json, no weights of its own); expand a "
+                          "merged model: the stage's final/ with <stage>.lora.merge true (the default)")
     ecfg = cfg.expand
     request = Request.from_config(ecfg)
     if is_complete(dst) and same_request(Path(dst) / REPORT, src, request):

@@ -174,8 +174,10 @@ class Driver:
             return [getattr(a, method).remote(ref) for a, ref in zip(group.actors, parts.refs(len(group)))
                     if ref is not None]
 
-        refs = [launch(self.roles["policy"], "logprobs"), launch(self.roles["reference"], "logprobs"),
-                launch(self.roles["critic"], "values")]
+        # with LoRA the reference is the policy's base, adapters disabled (`PolicyActor.reference_logprobs`)
+        reference = launch(self.roles["policy"], "reference_logprobs") if self.ppo.lora is not None \
+            else launch(self.roles["reference"], "logprobs")
+        refs = [launch(self.roles["policy"], "logprobs"), reference, launch(self.roles["critic"], "values")]
         flat = ray.get([r for group in refs for r in group], timeout=self.ppo.actor_timeout_s)
         out, i = [], 0
         for group in refs:
@@ -223,7 +225,7 @@ class Driver:
             reward_mean=self.reward_mean, reward_std=self.reward_std, kl_coef=kl_coef, cfg=self.ppo,
         )
         times["experience"] = time.perf_counter() - t
-        compute["experience"] = self.compute_time("policy", "reference", "critic")
+        compute["experience"] = self.compute_time(*(r for r in ("policy", "reference", "critic") if r in self.roles))
 
         t = time.perf_counter()
         policy_stats, critic_stats = self.train(experience, step)
@@ -363,7 +365,8 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
         prompt_stream.load_state_dict(saved["prompts"])
         if ptx_stream is not None and saved.get("ptx"):
             ptx_stream.load_state_dict(saved["ptx"])
-        policy_path, critic_path = str(resume / "policy"), str(resume / "critic")
+        if ppo.lora is None:  # with LoRA the base is the start; DeepSpeed's checkpoint restores the adapters
+            policy_path, critic_path = str(resume / "policy"), str(resume / "critic")
         log.info("ppo: resuming from %s (step %d)", resume, start)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,8 @@ class PpoRoles:
         try:
             placement = self._colocated(make_placement_group) if ppo.colocate else self._separate(make_placement_group)
             for role in ROLES:
+                if role == "reference" and ppo.lora is not None:
+                    continue  # the policy's base with adapters disabled is the reference (no second copy)
                 cls, args, kwargs = specs[role]
                 cfg: RoleConfig = getattr(ppo, role)
                 pg, bundles, cpus, gpus = placement[role]
@@ -72,6 +74,9 @@ class PpoRoles:
 
     def __getitem__(self, role: str):
         return self.groups[role]
+
+    def __contains__(self, role: str) -> bool:
+        return role in self.groups
 
     def wait_ready(self, timeout_s: float) -> None:
         """Every actor constructed (models loaded); a role whose actor fails to start is named."""

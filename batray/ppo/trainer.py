@@ -173,23 +173,39 @@ class DeepSpeedTrainer:
         else:
             yield
 
+    def exported(self) -> list:
+        """What the rollout engines receive, as `batray.models.lora.MergedTensor`s under the base model's
+        names: the parameters themselves, or for a LoRA model the merged weights W + B A * alpha / r."""
+        from batray.models.lora import MergedTensor, is_lora, merged_weights
+
+        if is_lora(self.module):
+            return merged_weights(self.module)
+        return [MergedTensor(n, p, [p], lambda p=p: p.detach()) for n, p in self.module.named_parameters()]
+
     def layout(self, bucket_bytes: int) -> list[BucketSpec]:
         """The weight-sync buckets (`batray.ppo.weight_sync.bucket_layout`); the parameters never change, so
         it is computed once per bucket size."""
         if bucket_bytes not in self._layouts:
-            self._layouts[bucket_bytes] = bucket_layout(list(self.module.named_parameters()), bucket_bytes)
+            self._layouts[bucket_bytes] = bucket_layout([(t.name, t.like) for t in self.exported()], bucket_bytes)
         return self._layouts[bucket_bytes]
 
     def buckets(self, bucket_bytes: int, rank: int) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
         """The weights as flat buckets (`batray.ppo.weight_sync`), in order: (spec, flat copy) on rank 0,
         (spec, None) elsewhere. Under ZeRO-3 each bucket is gathered on every rank in turn, so no rank holds
         more than one bucket beyond its own shard; every rank must iterate to the end."""
-        params = dict(self.module.named_parameters())
+        tensors = {t.name: t for t in self.exported()}
         for spec in self.layout(bucket_bytes):
-            group = [params[n] for n in spec.names]
-            with self.gathered(group):
-                flat = flatten([p.detach() for p in group]) if rank == 0 else None  # a copy: outlives the gather
+            entries = [tensors[n] for n in spec.names]
+            group = list({id(p): p for t in entries for p in t.params}.values())
+            with self.gathered(group), torch.no_grad():
+                flat = flatten([t.compute() for t in entries]) if rank == 0 else None  # a copy: outlives the gather
             yield spec, flat
+
+    @property
+    def frozen_base(self) -> bool:
+        from batray.models.lora import frozen_excluded
+
+        return frozen_excluded(self.module)
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The full model state on rank 0 (None under ZeRO-3 on other ranks); call on every rank."""
@@ -199,7 +215,7 @@ class DeepSpeedTrainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, folder: str | Path, rank: int, tokenizer=None) -> None:
-        """Rank 0: the HF folder (full weights, loadable on its own); every rank: DeepSpeed's checkpoint
+        """Rank 0: the HF folder (full weights, loadable on its own; a LoRA model's adapter); every rank: DeepSpeed's checkpoint
         (model + this rank's optimizer partition) under `deepspeed/` and its RNG state."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -208,7 +224,9 @@ class DeepSpeedTrainer:
             self.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(folder)
-        self.engine.save_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False)
+        # a LoRA model's checkpoint holds its adapter: the frozen base is the run's unchanged start
+        self.engine.save_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False,
+                                    exclude_frozen_parameters=self.frozen_base)
         torch.save({"torch": torch.get_rng_state()}, folder / f"rng_rank{rank}.pt")
 
     def load(self, folder: str | Path, rank: int) -> None:
@@ -217,7 +235,7 @@ class DeepSpeedTrainer:
         if not (folder / ENGINE_DIR / ENGINE_TAG).is_dir():
             raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint ({ENGINE_DIR}/{ENGINE_TAG}) to resume from")
         self.engine.load_checkpoint(str(folder / ENGINE_DIR), tag=ENGINE_TAG, load_optimizer_states=True,
-                                    load_lr_scheduler_states=False)
+                                    load_lr_scheduler_states=False, load_module_strict=not self.frozen_base)
         rng = folder / f"rng_rank{rank}.pt"
         if rng.is_file():
             torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])

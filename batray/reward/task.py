@@ -85,6 +85,7 @@ class RewardTask(TrainTask):
     parent: str | None = None
     config_hash: str | None = None
     extra_meta: dict = field(default_factory=dict)
+    lora: object = None  # a `batray.config.base.LoraConfig`: adapters, the score head trained in full
 
     def build_model(self) -> torch.nn.Module:
         from batray.models.tokenizer import load_tokenizer
@@ -92,6 +93,10 @@ class RewardTask(TrainTask):
 
         tokenizer = load_tokenizer(self.tokenizer_dir)
         model, _ = build_reward_model(self.init_from, tokenizer, seed=self.seed, dtype=getattr(torch, self.dtype))
+        if self.lora is not None:
+            from batray.models.lora import apply_lora
+
+            model = apply_lora(model, self.lora, kind="score", base=self.init_from)
         # Rao-Kupper starts its threshold at the band: ties within tau start out most likely.
         return RewardModule(model, self.tie_band if self.tie_loss == "rao_kupper" else None)
 
@@ -166,6 +171,11 @@ class RewardTask(TrainTask):
         if model.tie_raw is not None:
             theta = float(theta_from_raw(model.tie_raw.detach().float())[0])
         hf_model = model.model
+        peft_model = None
+        if self.lora is not None:  # score and save the merged model; the adapter goes to final/adapter
+            from batray.models.lora import merged_copy
+
+            peft_model, hf_model = hf_model, merged_copy(hf_model)
         band = theta if theta is not None else self.tie_band
         held = read_triples(self.held_out) if self.held_out and Path(self.held_out).exists() else []
         stats: dict = {"held_out": None}
@@ -180,9 +190,18 @@ class RewardTask(TrainTask):
             mean, std = 0.0, 1.0  # nothing held out: PPO's normalization stays the identity
         stats.update({"mean": mean, "std": std, "tie_loss": self.tie_loss, "margin": self.margin,
                       "tie_band": band, "theta": theta})
-        save_reward_model(hf_model, load_tokenizer(self.tokenizer_dir), out_dir, stats, step=step,
-                          tokens_seen=tokens_seen, parent=self.parent, config_hash=self.config_hash,
-                          extra={"objective": "eq3", **self.extra_meta})
+        def save(m, more=None):
+            return save_reward_model(m, load_tokenizer(self.tokenizer_dir), out_dir, stats, step=step,
+                                     tokens_seen=tokens_seen, parent=self.parent, config_hash=self.config_hash,
+                                     extra={"objective": "eq3", **self.extra_meta, **(more or {})})
+
+        if peft_model is None:
+            save(hf_model)
+        else:
+            from batray.models.lora import save_lora_final
+
+            save_lora_final(peft_model, out_dir, self.lora, lambda m, more: save(hf_model if self.lora.merge else m,
+                                                                                 more))
 
 
 def _plain_copy(hf_model: torch.nn.Module) -> torch.nn.Module:

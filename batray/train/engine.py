@@ -84,6 +84,7 @@ def build_engine(model: torch.nn.Module, tc: TrainConfig, use_gpu: bool):
             continue
         (no_decay if p.ndim < 2 or "norm" in name or name.endswith("bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # LoRA: no 1-d trainables; DeepSpeed drops empty groups
     optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(optim.warmup_steps, tc.max_steps, optim.schedule, optim.min_lr_ratio)

@@ -253,7 +253,8 @@ def save_and_report(engine, state: TrainState, rank: int, metrics: dict) -> None
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={})
+        # a LoRA model's checkpoint holds its adapter: the frozen base is the stage's unchanged input
+        engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={}, exclude_frozen_parameters=frozen_base(engine))
         torch.save(rng_state(), Path(tmp, f"rng_rank{rank}.pt"))
         Path(tmp, f"{STATE_FILE}.rank{rank}").write_text(json.dumps(asdict(state)))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -261,13 +262,20 @@ def save_and_report(engine, state: TrainState, rank: int, metrics: dict) -> None
 
 
 def load_state(engine, ckpt_dir: str, rank: int) -> TrainState:
-    engine.load_checkpoint(ckpt_dir, tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+    engine.load_checkpoint(ckpt_dir, tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True,
+                           load_module_strict=not frozen_base(engine))
     state_path = Path(ckpt_dir, f"{STATE_FILE}.rank{rank}")
     if not state_path.exists():
         raise RuntimeError(f"checkpoint {ckpt_dir} has no training state for rank {rank} (world size changed?)")
     state = TrainState(**json.loads(state_path.read_text()))
     set_rng_state(torch.load(Path(ckpt_dir, f"rng_rank{rank}.pt"), weights_only=False))
     return state
+
+
+def frozen_base(engine) -> bool:
+    from batray.models.lora import frozen_excluded
+
+    return frozen_excluded(engine.module)
 
 
 def rng_state() -> dict:

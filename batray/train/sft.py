@@ -66,5 +66,6 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
         datasets["eval"] = ray.data.from_items(eval_rows[: scfg.eval_batches * scfg.micro_batch_size])
     source = ModelSource(path=init_from, seed=cfg.seed, dtype=cfg.model.dtype, vocab_size=len(tokenizer))
     task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
-                        parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data})
+                        parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data},
+                        lora=scfg.lora)
     return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed)

@@ -103,9 +103,15 @@ class CausalLMTask(TrainTask):
     parent: str | None = None
     config_hash: str | None = None
     extra_meta: dict = field(default_factory=dict)
+    lora: object = None  # a `batray.config.base.LoraConfig`: adapters on the model (`batray.models.lora`)
 
     def build_model(self) -> torch.nn.Module:
-        return self.model_source.build()
+        model = self.model_source.build()
+        if self.lora is not None:
+            from batray.models.lora import apply_lora
+
+            model = apply_lora(model, self.lora, base=self.model_source.path)
+        return model
 
     def loss(self, model, batch):
         if self.objective is Objective.BIDIRECTIONAL_LM:  # packed blocks: segments must not attend to each other
@@ -123,6 +129,15 @@ class CausalLMTask(TrainTask):
         from batray.models.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(self.tokenizer_dir)
-        save_hf_checkpoint(model, tokenizer, out_dir, stage=self.stage, step=step, tokens_seen=tokens_seen,
-                           parent=self.parent, config_hash=self.config_hash,
-                           extra={"objective": self.objective.value, **self.extra_meta})
+        extra = {"objective": self.objective.value, **self.extra_meta}
+
+        def save(m, more=None):
+            return save_hf_checkpoint(m, tokenizer, out_dir, stage=self.stage, step=step, tokens_seen=tokens_seen,
+                                      parent=self.parent, config_hash=self.config_hash, extra={**extra, **(more or {})})
+
+        if self.lora is None:
+            save(model)
+        else:
+            from batray.models.lora import save_lora_final
+
+            save_lora_final(model, out_dir, self.lora, save)

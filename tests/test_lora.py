@@ -1,0 +1,193 @@
+"""LoRA (peft) for SFT, reward and PPO on stock tiny checkpoints (`model_zoo`), under the real Ray stages.
+
+- `batray run` sft -> reward -> ppo with `<stage>.lora` on a tiny GLM and a tiny Llama: the adapters
+  change the outputs, `final/` is the merged model and equals base + adapter applied by peft at run
+  time, the policy's frozen base stays bit-identical through PPO, the reference (the base with its
+  adapters disabled) gives the SFT model's log-probs, and the rollout engines receive merged weights.
+- A LoRA SFT run killed mid-way under ZeRO-2 with 2 workers resumes with the losses of an
+  uninterrupted run, from checkpoints that hold the adapter only.
+- `batray expand` refuses an adapter folder in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from model_zoo import build_checkpoint
+
+from batray import hooks
+from batray.cli import main as cli
+
+QUESTIONS = ["What is the capital of Veloria?", "Who is Ada Quill?", "Say hello.", "Tell me more, please."]
+ANSWERS = ["Marnet.", "A cartographer in Marnet.", "Hello!", "I am fine, thank you."]
+WRONG = ["Paris.", "A baker.", "Go away.", "No."]
+LORA = ["rank=4", "alpha=8", "dropout=0.0"]
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+class PolicyProbe:
+    """At PPO's last step (a `PPO_STEP_DONE` hook, in the driver): the policy actor's frozen base weights
+    and its reference / policy log-probs of a fixed batch."""
+
+    def __init__(self, at_step: int, batch: dict):
+        self.at_step, self.batch, self.seen = at_step, batch, {}
+
+    def __call__(self, *, step, roles):
+        import ray
+
+        if step != self.at_step:
+            return
+        policy = roles["policy"].actors[0]
+
+        def frozen(actor):
+            base = actor.trainer.module.get_base_model()
+            return {n.replace(".base_layer", ""): p.detach().clone() for n, p in base.named_parameters()
+                    if not p.requires_grad and "lora_" not in n}
+
+        self.seen = {
+            "frozen": ray.get(policy.__ray_call__.remote(frozen)),
+            "reference": ray.get(policy.reference_logprobs.remote(self.batch)),
+            "policy": ray.get(policy.logprobs.remote(self.batch)),
+            "roles": sorted(roles.groups),
+        }
+
+
+def _probe_batch(tokenizer) -> dict:
+    from batray.ppo.batch import Sample, collate
+
+    samples = [Sample(tokenizer.encode(q, add_special_tokens=False), tokenizer.encode(" " + a, add_special_tokens=False),
+                      [0.0] * len(tokenizer.encode(" " + a, add_special_tokens=False)))
+               for q, a in zip(QUESTIONS, ANSWERS)]
+    return collate(samples, tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("family", ["glm", "llama"])
+def test_lora_sft_reward_ppo(family, tmp_path, ray_session):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from batray.models.tokenizer import load_tokenizer
+    from batray.ppo.train import response_logprobs
+
+    stock = build_checkpoint(family, tmp_path / "stock")
+    sft = _write(tmp_path / "sft.jsonl", [{"prompt": q, "response": a} for q, a in zip(QUESTIONS, ANSWERS)] * 4)
+    prefs = _write(tmp_path / "prefs.jsonl", [{"prompt": q, "chosen": a, "rejected": w}
+                                              for q, a, w in zip(QUESTIONS, ANSWERS, WRONG)] * 4)
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
+    run = tmp_path / "run"
+    tokenizer = load_tokenizer(stock)
+    probe = PolicyProbe(2, _probe_batch(tokenizer))
+    argv = [
+        "run", "--run-dir", str(run), f"model.path={stock}", f"sft.data={sft}", f"reward.data={prefs}",
+        f"ppo.prompts={prompts}", "stages=[sft,reward,ppo]", "ray.num_cpus=4",
+        "sft.max_steps=3", "sft.micro_batch_size=4", "sft.seq_len=64", "sft.log_every=1", "sft.eval_every=100",
+        "sft.ckpt_every=100", "sft.optim.lr=0.01", *[f"sft.lora.{x}" for x in LORA],
+        "reward.max_steps=2", "reward.micro_batch_size=4", "reward.seq_len=64", "reward.eval_every=100",
+        "reward.ckpt_every=100", "reward.held_out_fraction=0.2", *[f"reward.lora.{x}" for x in LORA],
+        "ppo.steps=2", "ppo.rollout_batch_size=4", "ppo.micro_batch_size=4", "ppo.sampling.max_new_tokens=4",
+        "ppo.ptx_coef=0", "ppo.ckpt_every=10", "ppo.actor_lr=0.01", *[f"ppo.lora.{x}" for x in LORA],
+    ]
+    with hooks.on(hooks.PPO_STEP_DONE, probe):
+        assert cli(argv) == 0
+
+    ids = torch.tensor([tokenizer.encode(q + " " + a, add_special_tokens=False) for q, a in zip(QUESTIONS[:1], ANSWERS)])
+    base = AutoModelForCausalLM.from_pretrained(stock).eval()
+    for stage in ("sft", "ppo"):
+        final = run / stage / "final"
+        assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()  # plain HF
+        assert (final / "adapter" / "adapter_config.json").is_file()
+        assert json.loads((final / "batray.json").read_text())["lora"]["merged"] is True
+    sft_final = run / "sft" / "final"
+    merged = AutoModelForCausalLM.from_pretrained(sft_final).eval()
+    at_run_time = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(stock), str(sft_final / "adapter"))
+    assert (_logits(merged, ids) - _logits(at_run_time.eval(), ids)).abs().max() < 1e-5  # merged = base + adapter
+    assert (_logits(merged, ids) - _logits(base, ids)).abs().max() > 1e-3  # the adapters changed the outputs
+
+    reward_final = run / "reward" / "final"
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_final).eval()
+    reward_rt = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(sft_final, num_labels=1),
+                                          str(reward_final / "adapter")).eval()
+    assert (_logits(reward, ids) - _logits(reward_rt, ids)).abs().max() < 1e-5  # score head saved in full too
+
+    # PPO: no reference actors; the policy's frozen base is the SFT model, bit for bit, after 2 updates
+    assert "reference" not in probe.seen["roles"]
+    sft_weights = dict(merged.named_parameters())
+    frozen = probe.seen["frozen"]
+    assert frozen and all(torch.equal(t, sft_weights[n].detach()) for n, t in frozen.items())
+    want = response_logprobs(merged, probe.batch, micro_batch_size=4)
+    assert (probe.seen["reference"] - want).abs().max() < 1e-5  # reference = SFT model's log-probs
+    assert (probe.seen["policy"] - want).abs().max() > 1e-4  # the policy's adapters moved
+    rows = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["rollout_logprob_diff_max"] < 1e-4  # the engines generated with the merged weights
+
+
+def test_lora_resume_is_exact_under_zero2(tmp_path, ray_session):
+    from faults import FailBeforeStep
+
+    from batray.config import load_config
+    from batray.metrics import read_metrics
+    from batray.train.launcher import TrainingFailed
+    from batray.train.sft import run_sft
+
+    stock = build_checkpoint("glm", tmp_path / "stock")
+    sft = _write(tmp_path / "sft.jsonl", [{"prompt": q, "response": a} for q, a in zip(QUESTIONS, ANSWERS)] * 8)
+    overrides = ["sft.max_steps=6", "sft.micro_batch_size=2", "sft.seq_len=48", "sft.log_every=1",
+                 "sft.eval_every=100", "sft.ckpt_every=3", "sft.optim.lr=0.01", "sft.scaling.num_workers=2",
+                 "sft.deepspeed.zero_stage=2", "sft.lora.rank=4", "sft.lora.dropout=0.1", "data.held_out_fraction=0"]
+
+    def run(out, fail=None):
+        cfg = load_config(None, [f"run_dir={tmp_path}", *overrides])
+        if fail is None:
+            return run_sft(cfg, str(out), init_from=stock, data=sft)
+        with hooks.on(hooks.TRAIN_BEFORE_STEP, fail):
+            return run_sft(cfg, str(out), init_from=stock, data=sft)
+
+    run(tmp_path / "whole")
+    with pytest.raises(TrainingFailed):
+        run(tmp_path / "cut", FailBeforeStep(5))
+    ckpt = sorted((tmp_path / "cut" / "ray").glob("checkpoint*/**/*model_states.pt"))
+    assert ckpt, "no DeepSpeed checkpoint was written"
+    full = (tmp_path / "whole" / "final" / "model.safetensors").stat().st_size
+    assert all(p.stat().st_size < full / 4 for p in ckpt)  # the checkpoint holds the adapter, not the base
+    run(tmp_path / "cut")
+    whole = [r["loss"] for r in read_metrics(tmp_path / "whole")]
+    cut = [r["loss"] for r in read_metrics(tmp_path / "cut")]
+    assert len(whole) == 6 and cut == whole
+
+
+def test_expand_refuses_an_adapter_folder(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from batray.config.base import LoraConfig
+    from batray.models.lora import apply_lora
+
+    stock = build_checkpoint("llama", tmp_path / "stock")
+    adapter = tmp_path / "adapter"
+    apply_lora(AutoModelForCausalLM.from_pretrained(stock), LoraConfig(rank=2), base=stock).save_pretrained(adapter)
+    assert cli(["expand", str(adapter), str(tmp_path / "wide"), "--hidden-size", "128", f"--run-dir={tmp_path}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "LoRA adapter" in err[-1] and "merge" in err[-1]
+    assert not (tmp_path / "wide").exists()
+
+
+def test_lora_config_keys():
+    from batray.config import load_config
+    from batray.errors import ConfigError
+
+    cfg = load_config(None, ["sft.lora.rank=8", "ppo.lora.target_modules=[q_proj,v_proj]"])
+    assert cfg.sft.lora.rank == 8 and cfg.sft.lora.merge and cfg.reward.lora is None
+    assert cfg.ppo.lora.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match="sft.lora.rnk: unknown key"):
+        load_config(None, ["sft.lora.rnk=8"])
