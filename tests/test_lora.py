@@ -64,6 +64,13 @@ class PolicyProbe:
         }
 
 
+def _resized(model, like):
+    """`model` with `like`'s vocabulary size (a stage that added a pad token saved the new rows in its
+    adapter; peft loads them onto a base resized to the tokenizer, as its docs say)."""
+    model.resize_token_embeddings(like.get_input_embeddings().num_embeddings)
+    return model
+
+
 def _probe_batch(tokenizer) -> dict:
     from batray.ppo.batch import Sample, collate
 
@@ -111,14 +118,16 @@ def test_lora_sft_reward_ppo(family, tmp_path, ray_session):
         assert json.loads((final / "batray.json").read_text())["lora"]["merged"] is True
     sft_final = run / "sft" / "final"
     merged = AutoModelForCausalLM.from_pretrained(sft_final).eval()
-    at_run_time = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(stock), str(sft_final / "adapter"))
+    at_run_time = PeftModel.from_pretrained(_resized(AutoModelForCausalLM.from_pretrained(stock), merged),
+                                            str(sft_final / "adapter"))
     assert (_logits(merged, ids) - _logits(at_run_time.eval(), ids)).abs().max() < 1e-5  # merged = base + adapter
-    assert (_logits(merged, ids) - _logits(base, ids)).abs().max() > 1e-3  # the adapters changed the outputs
+    vocab = base.config.vocab_size  # the base's own tokens (a stage may have added a pad token)
+    assert (_logits(merged, ids)[..., :vocab] - _logits(base, ids)).abs().max() > 1e-3  # the adapters changed outputs
 
     reward_final = run / "reward" / "final"
     reward = AutoModelForSequenceClassification.from_pretrained(reward_final).eval()
-    reward_rt = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(sft_final, num_labels=1),
-                                          str(reward_final / "adapter")).eval()
+    reward_base = _resized(AutoModelForSequenceClassification.from_pretrained(sft_final, num_labels=1), reward)
+    reward_rt = PeftModel.from_pretrained(reward_base, str(reward_final / "adapter")).eval()
     assert (_logits(reward, ids) - _logits(reward_rt, ids)).abs().max() < 1e-5  # score head saved in full too
 
     # PPO: no reference actors; the policy's frozen base is the SFT model, bit for bit, after 2 updates
@@ -157,7 +166,7 @@ def test_lora_resume_is_exact_under_zero2(tmp_path, ray_session):
     run(tmp_path / "whole")
     with pytest.raises(TrainingFailed):
         run(tmp_path / "cut", FailBeforeStep(5))
-    ckpt = sorted((tmp_path / "cut" / "ray").glob("checkpoint*/**/*model_states.pt"))
+    ckpt = sorted((tmp_path / "cut" / "ray").glob("step_*/**/*model_states.pt"))
     assert ckpt, "no DeepSpeed checkpoint was written"
     full = (tmp_path / "whole" / "final" / "model.safetensors").stat().st_size
     assert all(p.stat().st_size < full / 4 for p in ckpt)  # the checkpoint holds the adapter, not the base

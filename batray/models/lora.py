@@ -166,10 +166,24 @@ def save_lora_final(peft_model, out_dir: str | Path, settings, save: Callable[[t
     staged = out.with_name(out.name + ".adapter.tmp")
     if staged.exists():
         shutil.rmtree(staged)
-    peft_model.save_pretrained(staged, safe_serialization=True)
+    # A stage that added tokens (a pad token) resized the embeddings: their rows are in neither the adapter
+    # nor the original base, so they go into the adapter file (load it onto the base resized to the tokenizer).
+    peft_model.save_pretrained(staged, safe_serialization=True, save_embedding_layers=embeddings_resized(peft_model))
     written = Path(save(merged_copy(peft_model) if settings.merge else peft_model, lora_meta(settings)))
     os.replace(staged, written / ADAPTER_DIR)
     return written
+
+
+def embeddings_resized(peft_model) -> bool:
+    """Whether the model's vocabulary differs from its base checkpoint's (the stage added tokens)."""
+    from batray.models.loading import read_config
+
+    base = peft_model.peft_config["default"].base_model_name_or_path
+    if not base or not Path(base, "config.json").is_file():
+        return False
+    vocab = getattr(read_config(base), "vocab_size", None)
+    rows = peft_model.get_base_model().get_input_embeddings().weight
+    return isinstance(vocab, int) and getattr(rows, "ds_numel", rows.numel()) // rows.shape[-1] != vocab
 
 
 def is_adapter_folder(path: str | Path) -> bool:
