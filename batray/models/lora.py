@@ -155,10 +155,12 @@ def lora_meta(settings) -> dict:
     return {"lora": {"rank": settings.rank, "alpha": settings.alpha, "merged": settings.merge, "adapter": ADAPTER_DIR}}
 
 
-def save_lora_final(peft_model, out_dir: str | Path, settings, save: Callable[[torch.nn.Module, dict], Path]) -> Path:
+def save_lora_final(peft_model, out_dir: str | Path, settings, save: Callable[[torch.nn.Module, dict], Path],
+                    merged: torch.nn.Module | None = None) -> Path:
     """The final folder of a LoRA stage: `save(model, extra_marker)` writes `out_dir` as the stage always
-    does, with the merged model (`settings.merge`) or the PeftModel (whose `save_pretrained` writes the
-    adapter files alone); then the adapter goes to `out_dir/adapter/`."""
+    does, with the merged model (`settings.merge`; `merged` when the caller already built it) or the
+    PeftModel (whose `save_pretrained` writes the adapter files alone); then the adapter goes to
+    `out_dir/adapter/`."""
     import os
     import shutil
 
@@ -169,7 +171,11 @@ def save_lora_final(peft_model, out_dir: str | Path, settings, save: Callable[[t
     # A stage that added tokens (a pad token) resized the embeddings: their rows are in neither the adapter
     # nor the original base, so they go into the adapter file (load it onto the base resized to the tokenizer).
     peft_model.save_pretrained(staged, safe_serialization=True, save_embedding_layers=embeddings_resized(peft_model))
-    written = Path(save(merged_copy(peft_model) if settings.merge else peft_model, lora_meta(settings)))
+    if settings.merge:
+        model = merged if merged is not None else merged_copy(peft_model)
+    else:
+        model = peft_model
+    written = Path(save(model, lora_meta(settings)))
     os.replace(staged, written / ADAPTER_DIR)
     return written
 

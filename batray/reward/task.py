@@ -200,8 +200,7 @@ class RewardTask(TrainTask):
         else:
             from batray.models.lora import save_lora_final
 
-            save_lora_final(peft_model, out_dir, self.lora, lambda m, more: save(hf_model if self.lora.merge else m,
-                                                                                 more))
+            save_lora_final(peft_model, out_dir, self.lora, save, merged=hf_model)  # merged once, above
 
 
 def _plain_copy(hf_model: torch.nn.Module) -> torch.nn.Module:
