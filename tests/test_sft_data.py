@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from batray.data.direction import IGNORE_INDEX
 from batray.data.sft import SampleError, build_sft_sample, normalize_messages
-from batray.train.lm_data import pad_sft_sample
+from batray.train.lm_data import pack_sft_samples, pad_sft_sample
 
 DIALOGUE = [
     {"role": "system", "content": "You are helpful."},
@@ -65,3 +67,48 @@ def test_prompt_response_rows_and_padding(tiny_tokenizer):
     assert row["labels"][n:] == [IGNORE_INDEX] * (64 - n) and row["position_ids"][:n] == list(range(n))
     with pytest.raises(SampleError):
         normalize_messages({"messages": [{"role": "user", "content": "no answer"}]})
+
+
+def test_packed_sft_loss_equals_each_sample_alone(tiny_tokenizer):
+    """`sft.packing`: every sample lands whole in one row of at most seq_len tokens, and the packed rows'
+    loss sums and token counts equal those of each sample run on its own (no attention across samples)."""
+    import torch
+
+    from batray.models.presets import build_model, preset_config
+    from batray.train.task import CausalLMTask, ModelSource, Objective
+
+    chats = [DIALOGUE, DIALOGUE[1:3], DIALOGUE[3:], [{"role": "user", "content": "Hi"},
+                                                     {"role": "assistant", "content": "Hello, Ada Quill."}]]
+    samples = [build_sft_sample(tiny_tokenizer, c, max_len=128, loss_on="all") for c in chats]
+    pairs = [(s.input_ids, s.labels) for s in samples]
+    seq_len = max(len(s.input_ids) for s in samples) + 8
+    rows = pack_sft_samples(pairs, seq_len, tiny_tokenizer.pad_token_id)
+    assert len(rows) < len(samples)  # something shared a row
+    assert all(len(v) == seq_len for r in rows for v in r.values())
+    segments = sorted(r["input_ids"][i:i + n] for r in rows
+                      for i, n in _segments(r["position_ids"], r["labels"], tiny_tokenizer.pad_token_id, r["input_ids"]))
+    assert segments == sorted(ids for ids, _ in pairs)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_sft_samples(pairs, 8, tiny_tokenizer.pad_token_id)
+
+    model = build_model(preset_config("batgpt-tiny", vocab_size=len(tiny_tokenizer)), seed=0).eval()
+    src = ModelSource(preset="batgpt-tiny")
+    packed = CausalLMTask(model_source=src, tokenizer_dir="", objective=Objective.INSTRUCTION, packed=True)
+    plain = CausalLMTask(model_source=src, tokenizer_dir="", objective=Objective.INSTRUCTION)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        _, got = packed.loss(model, packed.to_device({k: [r[k] for r in rows] for k in rows[0]}, cpu))
+        alone = [plain.loss(model, plain.to_device({k: [v] for k, v in pad_sft_sample(i, lb, seq_len, 0).items()},
+                                                   cpu))[1] for i, lb in pairs]
+    assert float(got["tokens_response"]) == sum(float(a["tokens_response"]) for a in alone)
+    assert float(got["nll_response"]) == pytest.approx(sum(float(a["nll_response"]) for a in alone), rel=1e-5)
+
+
+def _segments(pos, labels, pad_id, ids):
+    """(start, length) of each packed sample in a row: runs of positions from 0, pads left out."""
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+    out = []
+    for a, b in itertools.pairwise(starts):
+        if not (b - a == 1 and ids[a] == pad_id and labels[a] == IGNORE_INDEX):
+            out.append((a, b - a))
+    return out

@@ -53,6 +53,10 @@ class SftConfig(TrainConfig, SftColumns):
 
     data: DataSpec | None = Field(default=None, description="SFT rows in any layout batray reads; null: data.sft")
     loss_on: Literal["last", "all"] = Field(default="last", description="assistant turns that carry loss")
+    packing: bool = Field(
+        default=False, description="several samples per seq_len row (best fit, attention kept within each); "
+        "micro_batch_size then counts rows"
+    )
     init_from: InputPath | None = Field(default=None, description="null: the latest model stage before sft (pretrain/grow/expand), else model.path")
     lora: LoraConfig | None = Field(default=None, description="LoRA adapters instead of full fine-tuning")
 

@@ -9,6 +9,7 @@ decided by a stable hash of the text, so the choice is the same on every run and
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 
 import numpy as np
@@ -76,3 +77,44 @@ def pad_sft_sample(input_ids: list[int], labels: list[int], seq_len: int, pad_id
         "position_ids": list(range(len(input_ids))) + [0] * pad,
         "directions": [0] * seq_len,
     }
+
+
+def pack_sft_samples(samples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> list[dict[str, list[int]]]:
+    """SFT samples packed whole into rows of `seq_len` tokens by best-fit decreasing (`sft.packing`).
+
+    Longest first, each sample goes into the open row with the least room that still holds it (a new
+    row when none does); no sample is split. Positions restart at 0 per sample, which is what
+    `batray.objectives.lm.segment_causal_mask` reads as a segment start, so samples never attend to
+    each other; a sample's first label is IGNORE_INDEX (it would be predicted from the previous
+    sample's last token). The tail of a row is padding (IGNORE_INDEX labels, one-token segments).
+    """
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i][0]))
+    rows: list[list[int]] = []  # sample indices per row
+    rooms: list[tuple[int, int]] = []  # (room left, row index), sorted: the best fit is the first room >= n
+    for i in order:
+        n = len(samples[i][0])
+        if n > seq_len:
+            raise ValueError(f"an SFT sample of {n} tokens does not fit seq_len {seq_len}")
+        at = bisect.bisect_left(rooms, (n, -1))
+        if at == len(rooms):
+            rows.append([i])
+            room, row = seq_len - n, len(rows) - 1
+        else:
+            room, row = rooms.pop(at)
+            rows[row].append(i)
+            room -= n
+        bisect.insort(rooms, (room, row))
+    out = []
+    for members in rows:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for i in members:
+            s_ids, s_labels = samples[i]
+            ids += s_ids
+            labels += [IGNORE_INDEX, *s_labels[1:]]
+            pos += range(len(s_ids))
+        pad = seq_len - len(ids)
+        out.append({"input_ids": ids + [pad_id] * pad, "labels": labels + [IGNORE_INDEX] * pad,
+                    "position_ids": pos + [0] * pad, "directions": [0] * seq_len})
+    return out

@@ -2,7 +2,8 @@
 
 Rows are `prompt`/`response` pairs or multi-turn `messages`, rendered with the model's chat template;
 the loss is on the last assistant turn (`sft.loss_on: all` for every assistant turn); long
-conversations lose their oldest turns first, never the response. Writes `out_dir/` as pretraining does.
+conversations lose their oldest turns first, never the response. One sample per row, right-padded, or
+with `sft.packing` several whole samples per row (`pack_sft_samples`), each attending only to itself. Writes `out_dir/` as pretraining does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from batray.data.sft import SampleError, build_sft_sample
 from batray.errors import DataError
 from batray.ray_session import init_ray
 from batray.train.launcher import fit
-from batray.train.lm_data import is_held_out, pad_sft_sample
+from batray.train.lm_data import is_held_out, pack_sft_samples, pad_sft_sample
 from batray.train.stage import prepare_tokenizer, with_max_steps
 from batray.train.task import CausalLMTask, ModelSource, Objective
 
@@ -42,7 +43,7 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
     scfg = with_max_steps(cfg.sft, max_steps)
     conversations, report = load_sft(data, Keys.of("sft", cfg.sft))
     tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, None, init_from)
-    train_rows, eval_rows, truncated = [], [], 0
+    train_samples, eval_rows, truncated = [], [], 0
     for messages in conversations:
         try:
             sample = build_sft_sample(tokenizer, messages, scfg.seq_len, scfg.loss_on)
@@ -50,22 +51,33 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
             report.rejected.append({"reason": str(e), "row": messages})
             continue
         truncated += sample.dropped_turns > 0
-        padded = {k: np.asarray(v, dtype=np.int32)  # fixed-shape tensor columns in Ray Data
-                  for k, v in pad_sft_sample(sample.input_ids, sample.labels, scfg.seq_len, tokenizer.pad_token_id).items()}
         key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
-        (eval_rows if is_held_out(key, cfg.data.held_out_fraction, cfg.seed) else train_rows).append(padded)
-    log.info("%s; %d truncated from the oldest turns; %d train / %d held out", report.summary(f"sft data {data}"),
-             truncated, len(train_rows), len(eval_rows))
+        if is_held_out(key, cfg.data.held_out_fraction, cfg.seed):
+            eval_rows.append(pad_sft_sample(sample.input_ids, sample.labels, scfg.seq_len, tokenizer.pad_token_id))
+        else:
+            train_samples.append((sample.input_ids, sample.labels))
+    if scfg.packing:
+        train_rows = pack_sft_samples(train_samples, scfg.seq_len, tokenizer.pad_token_id)
+    else:
+        train_rows = [pad_sft_sample(ids, labels, scfg.seq_len, tokenizer.pad_token_id) for ids, labels in train_samples]
+    log.info("%s; %d truncated from the oldest turns; %d train / %d held out%s", report.summary(f"sft data {data}"),
+             truncated, len(train_samples), len(eval_rows),
+             f"; packed into {len(train_rows)} rows of {scfg.seq_len}" if scfg.packing else "")
     write_rejected(report, join_uri(out_dir, "rejected_sft.jsonl"))
     if not train_rows:
         raise DataError(f"sft data {data}: no usable samples ({report.summary('sft')})")
 
     init_ray(cfg)
-    datasets = {"train": ray.data.from_items(train_rows)}
+    datasets = {"train": ray.data.from_items(int32_rows(train_rows))}
     if eval_rows:
-        datasets["eval"] = ray.data.from_items(eval_rows[: scfg.eval_batches * scfg.micro_batch_size])
+        datasets["eval"] = ray.data.from_items(int32_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size]))
     source = ModelSource(path=init_from, seed=cfg.seed, dtype=cfg.model.dtype, vocab_size=len(tokenizer))
     task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
                         parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data},
-                        lora=scfg.lora)
+                        lora=scfg.lora, packed=scfg.packing)
     return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed)
+
+
+def int32_rows(rows: list[dict[str, list[int]]]) -> list[dict[str, np.ndarray]]:
+    """Fixed-shape int32 tensor columns for Ray Data."""
+    return [{k: np.asarray(v, dtype=np.int32) for k, v in row.items()} for row in rows]

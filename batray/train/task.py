@@ -104,6 +104,7 @@ class CausalLMTask(TrainTask):
     config_hash: str | None = None
     extra_meta: dict = field(default_factory=dict)
     lora: object = None  # a `batray.config.base.LoraConfig`: adapters on the model (`batray.models.lora`)
+    packed: bool = False  # Eq. 2 rows hold several samples (`sft.packing`): the segment mask keeps them apart
 
     def build_model(self) -> torch.nn.Module:
         model = self.model_source.build()
@@ -117,6 +118,8 @@ class CausalLMTask(TrainTask):
         if self.objective is Objective.BIDIRECTIONAL_LM:  # packed blocks: segments must not attend to each other
             logits = packed_lm_logits(model, batch["input_ids"], batch["position_ids"])
             return bidirectional_lm_loss(logits, batch["labels"], batch["directions"])
+        if self.packed:  # several SFT samples per row, positions restarting per sample
+            return sft_loss(packed_lm_logits(model, batch["input_ids"], batch["position_ids"]), batch["labels"])
         # one right-padded sample per row: plain causal attention is exact (pads come last)
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         return sft_loss(logits, batch["labels"])
