@@ -1,0 +1,133 @@
+"""Stage start-up: time to the first optimizer step of `batray pretrain`, `batray sft` and `batray reward`
+(each a fresh process, the tiny recipe) against the floor: a fresh Python process that imports torch and
+transformers and builds the same model.
+
+Each stage runs for one step (`max_steps=1`, `log_every=1`); its time to first step is the `time` of
+the first row of its `metrics.jsonl` (written right after step 1) minus the moment the process was
+spawned. The chain is pretrain -> sft (from pretrain's final) -> reward (from sft's final, on the demo
+world's preference rows), so each stage starts from a real checkpoint, as in `batray run`.
+
+    python benchmarks/bench_startup.py [--repeats 1] [--stages pretrain sft reward]
+
+Prints a table and the ratio of each stage to the floor; the target is <= 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FLOOR = """
+import json, sys, time
+import torch, transformers
+from transformers import GlmConfig, GlmForCausalLM
+torch.manual_seed(0)
+model = GlmForCausalLM(GlmConfig(**json.loads(sys.argv[1])))
+print(time.time())
+"""
+
+STAGE_ARGS = {
+    "pretrain": ["pretrain.max_steps=1", "pretrain.log_every=1", "pretrain.ckpt_every=1000",
+                 "pretrain.optim.warmup_steps=0"],
+    "sft": ["sft.max_steps=1", "sft.log_every=1", "sft.ckpt_every=1000", "sft.optim.warmup_steps=0",
+            "sft.init_from={run}/pretrain/final"],
+    "reward": ["reward.max_steps=1", "reward.log_every=1", "reward.ckpt_every=1000", "reward.eval_every=1000",
+               "reward.optim.warmup_steps=0", "reward.init_from={run}/sft/final",
+               "reward.data={run}/data/preferences.jsonl"],
+}
+
+
+TRACE: Path | None = None  # --trace: every process of a stage logs its start and heavy imports here
+
+
+def env() -> dict:
+    path = str(ROOT) if TRACE is None else f"{ROOT / 'benchmarks' / 'startup_trace'}{os.pathsep}{ROOT}"
+    extra = {} if TRACE is None else {"BATRAY_STARTUP_TRACE": str(TRACE)}
+    return {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def print_trace(path: Path, spawned: float, first_step: float) -> None:
+    """The trace of one stage run, times relative to the command's spawn."""
+    print(f"trace ({path}), seconds after spawn; first step at {first_step - spawned:.1f}")
+    for line in path.read_text().splitlines():
+        t, pid, event = line.split(" ", 2)
+        print(f"  {float(t) - spawned:6.1f}  pid {pid:>7}  {event}")
+
+
+def floor() -> float:
+    from batray.models.presets import PRESETS
+
+    spawned = time.time()
+    out = subprocess.run([sys.executable, "-c", FLOOR, json.dumps(PRESETS["batgpt-tiny"])], env=env(),
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1]) - spawned
+
+
+def stage(name: str, run: Path, extra: list[str], log: Path) -> tuple[float, float]:
+    """(seconds to the first step, seconds of the whole process) of `batray NAME` in a fresh process."""
+    args = [a.format(run=run) for a in STAGE_ARGS[name]] + extra
+    cmd = [sys.executable, "-m", "batray.cli", name, "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--run-dir", str(run), "ray.num_cpus=2", *args]
+    if TRACE is not None:
+        TRACE.write_text("")
+    spawned = time.time()
+    with log.open("w") as f:
+        subprocess.run(cmd, env=env(), stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    total = time.time() - spawned
+    first = json.loads((run / name / "metrics.jsonl").read_text().splitlines()[0])
+    if TRACE is not None:
+        print(f"== {name}")
+        print_trace(TRACE, spawned, first["time"])
+        TRACE.rename(TRACE.with_name(f"trace_{name}_{int(spawned)}.log"))
+    return first["time"] - spawned, total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--stages", nargs="+", default=list(STAGE_ARGS), choices=list(STAGE_ARGS))
+    ap.add_argument("--keep", default=None, help="keep run folders and logs here")
+    ap.add_argument("--trace", action="store_true", help="log every process's start and heavy imports, print them")
+    ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every stage")
+    args = ap.parse_args()
+    global TRACE
+    load_before = os.getloadavg()[0]
+    floors, results = [], {s: [] for s in args.stages}
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    base.mkdir(parents=True, exist_ok=True)
+    if args.trace:
+        TRACE = base / "trace.log"
+    for r in range(args.repeats):
+        floors.append(floor())
+        run = base / f"run{r}"
+        for name in args.stages:
+            results[name].append(stage(name, run, args.overrides, base / f"{name}{r}.log"))
+        floors.append(floor())
+    load_after = os.getloadavg()[0]
+    f = statistics.median(floors)
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, load average {load_before:.2f} before, "
+          f"{load_after:.2f} after; python {platform.python_version()}; logs in {base}")
+    print(f"floor (fresh python: import torch + transformers, build batgpt-tiny): {f:.1f} s "
+          f"(runs: {', '.join(f'{x:.1f}' for x in floors)})")
+    print("| stage | time to first step s | ratio to floor | whole process s |")
+    print("|---|---:|---:|---:|")
+    for name, rows in results.items():
+        first = statistics.median(t for t, _ in rows)
+        total = statistics.median(w for _, w in rows)
+        print(f"| {name} | {first:.1f} | {first / f:.2f} | {total:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""`bench_startup.py --trace`: on PYTHONPATH, this runs first in every Python process of a stage (the
+command, Ray's workers, Ray Train's controller and workers) and appends to $BATRAY_STARTUP_TRACE
+`<unix time> <pid> <event>`: the process start (with its command line) and the start and end of
+importing the heavy packages, so the timeline shows which process waited on what."""
+
+import importlib.abc
+import os
+import sys
+import time
+
+_PATH = os.environ.get("BATRAY_STARTUP_TRACE")
+_WATCH = {"torch", "transformers", "deepspeed", "ray", "ray.train", "ray.train.torch", "ray.data", "datasets",
+          "batray", "batray.train.loop", "peft", "accelerate"}
+
+
+def _log(event: str) -> None:
+    with open(_PATH, "a") as f:
+        f.write(f"{time.time():.3f} {os.getpid()} {event}\n")
+
+
+class _Timed(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name not in _WATCH or name in sys.modules:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            import importlib.util
+
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def timed(module, _exec=exec_module, _name=name):
+            t0 = time.time()
+            try:
+                _exec(module)
+            finally:
+                _log(f"import {_name} {time.time() - t0:.2f}s (from {t0:.3f})")
+
+        loader.exec_module = timed
+        return spec
+
+
+if _PATH:
+    _log("start " + " ".join(sys.argv)[:160])
+    sys.meta_path.insert(0, _Timed())
