@@ -8,7 +8,8 @@ both trainers get exactly these token ids and labels. Same starting model (a sav
 (micro batch rows of `--seq-len` tokens, each holding several whole samples), steps, AdamW settings,
 constant LR, clipping, one thread each (a 1-CPU Ray Train worker runs with OMP_NUM_THREADS=1).
 
-Throughput is steady state: real (non-pad) tokens/s after the first logging window. Loss check: the
+Throughput is steady state: real (non-pad) tokens/s after the first logging window. TRL also runs at
+its default (no packing: padded batches of `--batch` samples), for reference. Loss check: the
 per-token loss of one fixed batch (the first `--batch` x 2 samples) under the same initial weights,
 computed by batray's task on its packed rows and by TRL's `compute_loss` on its padding-free collation,
 must agree to 1e-4.
@@ -113,7 +114,7 @@ def run_batray(init: str, data: str, tokenizer, samples, work: Path, args) -> di
             "fill": sum(real_tokens(r, tokenizer.pad_token_id) for r in packed) / (len(packed) * args.seq_len), "final_loss": last["loss"]}
 
 
-def trl_config(work: Path, args):
+def trl_config(work: Path, args, packing: bool = True):
     from trl import SFTConfig
 
     return SFTConfig(
@@ -121,12 +122,12 @@ def trl_config(work: Path, args):
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.95, max_grad_norm=1.0, logging_steps=args.log_every, save_strategy="no", report_to=[],
         use_cpu=True, dataloader_num_workers=0, seed=args.seed, bf16=False, disable_tqdm=True,
-        max_length=args.seq_len, packing=True, packing_strategy="bfd",  # TRL's documented fast path (padding-free)
+        max_length=args.seq_len, packing=packing, packing_strategy="bfd",  # TRL's documented fast path (padding-free)
         gradient_checkpointing=False,  # batray does not recompute activations either
     )
 
 
-def run_trl(init: str, tokenizer, samples, work: Path, args) -> dict:
+def run_trl(init: str, tokenizer, samples, work: Path, args, packing: bool = True) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -139,12 +140,14 @@ def run_trl(init: str, tokenizer, samples, work: Path, args) -> dict:
 
     class Timed(SFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
-            tokens = int(inputs["input_ids"].numel())  # padding-free: one row of real tokens
+            mask = inputs.get("attention_mask")  # padded batches have one; a padding-free row is all real tokens
+            tokens = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
             loss = super().training_step(model, inputs, num_items_in_batch)
             marks.append((time.perf_counter(), tokens))
             return loss
 
-    trainer = Timed(model=model, args=trl_config(work, args), train_dataset=dataset, processing_class=tokenizer)
+    trainer = Timed(model=model, args=trl_config(work / f"trl{int(packing)}", args, packing), train_dataset=dataset,
+                    processing_class=tokenizer)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
@@ -219,6 +222,7 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         ours = run_batray(init, data, tokenizer, samples, work, args)
         theirs = run_trl(init, tokenizer, samples, work, args)
+        padded = run_trl(init, tokenizer, samples, work, args, packing=False)
         load_after = os.getloadavg()[0]
 
     ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
