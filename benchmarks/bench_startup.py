@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent.parent
+ROOT = HERE  # the checkout whose stages run (--root: another one, e.g. main for a before/after)
+sys.path.insert(0, str(HERE))
 
 FLOOR = """
 import json, sys, time
@@ -52,7 +53,7 @@ TRACE: Path | None = None  # --trace: every process of a stage logs its start an
 
 
 def env() -> dict:
-    path = str(ROOT) if TRACE is None else f"{ROOT / 'benchmarks' / 'startup_trace'}{os.pathsep}{ROOT}"
+    path = str(ROOT) if TRACE is None else f"{HERE / 'benchmarks' / 'startup_trace'}{os.pathsep}{ROOT}"
     extra = {} if TRACE is None else {"BATRAY_STARTUP_TRACE": str(TRACE)}
     return {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", **extra}
 
@@ -98,10 +99,13 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--stages", nargs="+", default=list(STAGE_ARGS), choices=list(STAGE_ARGS))
     ap.add_argument("--keep", default=None, help="keep run folders and logs here")
+    ap.add_argument("--root", default=None, help="run the stages of this checkout (default: this one)")
     ap.add_argument("--trace", action="store_true", help="log every process's start and heavy imports, print them")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every stage")
     args = ap.parse_args()
-    global TRACE
+    global TRACE, ROOT
+    if args.root:
+        ROOT = Path(args.root).resolve()
     load_before = os.getloadavg()[0]
     floors, results = [], {s: [] for s in args.stages}
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_startup_"))
@@ -117,7 +121,7 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     f = statistics.median(floors)
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, load average {load_before:.2f} before, "
-          f"{load_after:.2f} after; python {platform.python_version()}; logs in {base}")
+          f"{load_after:.2f} after; python {platform.python_version()}; logs in {base}; stages from {ROOT}")
     print(f"floor (fresh python: import torch + transformers, build batgpt-tiny): {f:.1f} s "
           f"(runs: {', '.join(f'{x:.1f}' for x in floors)})")
     print("| stage | time to first step s | ratio to floor | whole process s |")
