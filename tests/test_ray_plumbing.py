@@ -79,3 +79,19 @@ def test_group_spreads_across_two_nodes(ray_cluster):
     assert group.call("all_reduce", 0.0) == [1.0, 1.0]
     group.kill()
     ray.util.remove_placement_group(pg)
+
+
+def test_memory_dataset_equal_contiguous_shards_in_order(ray_session):
+    """In-memory training rows (SFT, reward): each worker gets the same number of rows, in order,
+    and micro batches drop a partial last one as Ray Data's `drop_last` does."""
+    import numpy as np
+
+    from batray.train.memory_data import MemoryDataset
+
+    ds = MemoryDataset.from_rows([{"x": np.full(3, i, dtype=np.int32), "n": i} for i in range(11)])
+    shards = [ds.shard(rank, 2) for rank in range(2)]
+    batches = [[b["n"].tolist() for b in s.iter_batches(batch_size=2, drop_last=True)] for s in shards]
+    assert batches == [[[0, 1], [2, 3]], [[5, 6], [7, 8]]]  # 5 rows each, the 11th left out
+    first = next(shards[0].iter_batches(batch_size=4))
+    assert first["x"].shape == (4, 3) and first["x"][3].tolist() == [3, 3, 3]
+    assert [len(b["n"]) for b in ds.shard(0, 1).iter_batches(batch_size=4)] == [4, 4, 3]

@@ -25,6 +25,7 @@ from batray.ray_session import init_ray
 from batray.reward.data import encode_triples, load_triples, render, split_held_out
 from batray.reward.task import RewardTask, triple_rows, write_triples
 from batray.train.launcher import fit
+from batray.train.memory_data import MemoryDataset
 from batray.train.stage import prepare_tokenizer, with_max_steps
 
 log = logging.getLogger("batray.reward")
@@ -37,8 +38,6 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
     name (random weights; the tokenizer is then `model.tokenizer` or a BPE trained on the data).
     data: preference rows (the preferences contract or a chosen/rejected layout).
     """
-    import ray.data
-
     final = join_uri(out_dir, "final")
     if is_complete(final):
         log.info("reward: %s is complete, skipping", final)
@@ -69,9 +68,9 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
 
     init_ray(cfg)
     pad = tokenizer.pad_token_id
-    datasets = {"train": ray.data.from_items(triple_rows(train, rcfg.seq_len, pad))}
+    datasets = {"train": MemoryDataset.from_rows(triple_rows(train, rcfg.seq_len, pad))}  # in memory: no Ray Data
     if held:
-        datasets["eval"] = ray.data.from_items(triple_rows(held[: rcfg.eval_batches * rcfg.micro_batch_size],
+        datasets["eval"] = MemoryDataset.from_rows(triple_rows(held[: rcfg.eval_batches * rcfg.micro_batch_size],
                                                            rcfg.seq_len, pad))
     task = RewardTask(
         init_from=init_from, tokenizer_dir=tok_dir, pad_id=pad, margin=rcfg.margin, tie_loss=rcfg.tie_loss,

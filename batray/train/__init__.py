@@ -17,13 +17,15 @@ Library pieces:
 
 - `fit(task, train_cfg, out_dir, *, datasets, seed=0) -> str` (`launcher.py`): runs a `TrainTask` as
   a Ray Train V2 `TorchTrainer` with `train_cfg.scaling` workers and DeepSpeed ZeRO
-  `train_cfg.deepspeed.zero_stage`. `datasets` are Ray Data datasets: "train" (split across workers
-  with a deterministic order) and optional "eval" (every worker reads it whole; keep it small, e.g.
-  `.limit(eval_batches * micro_batch_size).materialize()`). Writes `out_dir/metrics.jsonl`,
+  `train_cfg.deepspeed.zero_stage`. `datasets` are Ray Data datasets or, for rows the driver already
+  holds (SFT, reward), `MemoryDataset.from_rows(rows)` (`memory_data.py`: object store, no Ray Data):
+  "train" (split across workers with a deterministic order) and optional "eval" (every worker reads it
+  whole; keep it small, e.g. `.limit(eval_batches * micro_batch_size).materialize()`). Writes `out_dir/metrics.jsonl`,
   `out_dir/tb/`, checkpoints in `out_dir/ray/`, and `out_dir/final/` via `task.save_final`.
 - `TrainTask` (`task.py`): what a stage plugs in. `CausalLMTask` + `ModelSource` cover pretrain/SFT.
 - `lr_factor`, `deepspeed_config`, `build_engine` (`engine.py`); `corpus_blocks`,
-  `pad_sft_sample` (`lm_data.py`: Ray Data transforms for Eq. 1 blocks and SFT samples).
+  `pad_sft_sample`, `pack_sft_samples` (`lm_data.py`: Ray Data transforms for Eq. 1 blocks, SFT
+  samples padded one per row or packed whole several per row).
 
 Plugging in another task (e.g. the reward model, Eq. 3)
 ------------------------------------------------------

@@ -17,6 +17,7 @@ from batray.checkpoint import is_complete
 from batray.config.base import TrainConfig
 from batray.errors import BatrayError
 from batray.train.loop import JobSpec, train_loop
+from batray.train.memory_data import MemoryDataset
 from batray.train.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,15 @@ class TrainingFailed(BatrayError):
 
 
 def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict, seed: int = 0) -> str:
-    """Train `task` on `datasets` ("train", optional "eval": Ray Data datasets) into `out_dir`.
+    """Train `task` on `datasets` ("train", optional "eval") into `out_dir`.
+
+    A dataset is a Ray Data dataset (streamed, split across workers by Ray Train) or a
+    `batray.train.memory_data.MemoryDataset` (rows the driver holds, read from the object store).
 
     Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` when a
     previous run left checkpoints there.
     """
     import ray.train
-    from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -52,12 +55,19 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
-    quiet_ray_data()
-    # A deterministic stream is what makes skip-to-position exact on resume.
-    DataContext.get_current().execution_options.preserve_order = True
-    ingest = copy.deepcopy(DataContext.get_current().execution_options)
+    memory = {k: v for k, v in datasets.items() if isinstance(v, MemoryDataset)}
+    streamed = {k: v for k, v in datasets.items() if k not in memory}
+    data_config = None
+    if streamed:
+        from ray.data import DataContext
+
+        quiet_ray_data()
+        # A deterministic stream is what makes skip-to-position exact on resume.
+        DataContext.get_current().execution_options.preserve_order = True
+        ingest = copy.deepcopy(DataContext.get_current().execution_options)
+        data_config = DataConfig(datasets_to_split=[k for k in ("train",) if k in streamed], execution_options=ingest)
     job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
-                  hooks=hooks.carried())
+                  hooks=hooks.carried(), memory_data=memory)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},
@@ -70,8 +80,8 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=0),
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
+        datasets=streamed or None,
+        **({"dataset_config": data_config} if data_config is not None else {}),
     )
     resuming = (out / RAY_RUN_NAME).exists()
     log.info("%s: %s %d worker(s), ZeRO-%d, into %s", task.stage, "resuming" if resuming else "starting",

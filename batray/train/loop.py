@@ -46,6 +46,7 @@ class JobSpec:
     seed: int = 0
     has_eval: bool = False
     hooks: list = field(default_factory=list)  # the driver's `batray.hooks.carried()` (tests inject faults)
+    memory_data: dict = field(default_factory=dict)  # name -> `MemoryDataset`, instead of a Ray Data dataset
 
 
 @dataclass
@@ -72,7 +73,7 @@ def train_loop(config: dict) -> None:
 
     # Start this worker's data stream now: Ray Data's start-up (its coordinator and read/tokenize
     # tasks, process starts and imports) then overlaps the model build below instead of following it.
-    batches = EpochBatches(ray.train.get_dataset_shard("train"), tc.micro_batch_size)
+    batches = EpochBatches(dataset_shard(job, "train", rank, world), tc.micro_batch_size)
     model = task.build_model()
     seed_everything(job.seed + rank)  # after build: dropout/noise streams differ per rank
     from batray.train.engine import build_engine
@@ -118,7 +119,7 @@ def train_loop(config: dict) -> None:
             metrics["tokens_per_s"] = tokens / elapsed
             metrics["tokens_seen"] = state.tokens_seen
             if do_eval:
-                metrics.update(evaluate(engine, task, tc, device))
+                metrics.update(evaluate(engine, task, tc, device, dataset_shard(job, "eval", 0, 1)))
                 engine.train()
             if logger is not None:
                 logger.log(step, **metrics)
@@ -200,6 +201,15 @@ class EpochBatches:
         return first.result()  # re-raises a failure of the data stream here, in the training thread
 
 
+def dataset_shard(job: JobSpec, name: str, rank: int, world: int):
+    """This worker's share of dataset `name`: a `MemoryDataset`'s rows, else Ray Train's Ray Data shard."""
+    if name in job.memory_data:
+        return job.memory_data[name].shard(rank, world)
+    import ray.train
+
+    return ray.train.get_dataset_shard(name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -218,14 +228,11 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
 
 
 @torch.no_grad()
-def evaluate(engine, task: TrainTask, tc: TrainConfig, device: torch.device) -> dict[str, float]:
+def evaluate(engine, task: TrainTask, tc: TrainConfig, device: torch.device, eval_ds) -> dict[str, float]:
     """Metrics on the held-out split, prefixed `eval_`. Every worker runs the same (unsplit) batches,
     which ZeRO-3 needs anyway (its forward gathers parameters collectively)."""
-    import ray.train
-
     engine.eval()
     sums: dict[str, float] = {}
-    eval_ds = ray.train.get_dataset_shard("eval")
     for i, np_batch in enumerate(eval_ds.iter_batches(batch_size=tc.micro_batch_size, batch_format="numpy")):
         if i >= tc.eval_batches:
             break

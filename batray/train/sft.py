@@ -23,6 +23,7 @@ from batray.errors import DataError
 from batray.ray_session import init_ray
 from batray.train.launcher import fit
 from batray.train.lm_data import is_held_out, pack_sft_samples, pad_sft_sample
+from batray.train.memory_data import MemoryDataset
 from batray.train.stage import prepare_tokenizer, with_max_steps
 from batray.train.task import CausalLMTask, ModelSource, Objective
 
@@ -34,8 +35,6 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
 
     data: a data source (`batray.config.sources.DataSpec`) of SFT rows in any layout batray reads.
     """
-    import ray.data
-
     final = join_uri(out_dir, "final")
     if is_complete(final):
         log.info("sft: %s is complete, skipping", final)
@@ -68,9 +67,9 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
         raise DataError(f"sft data {data}: no usable samples ({report.summary('sft')})")
 
     init_ray(cfg)
-    datasets = {"train": ray.data.from_items(int32_rows(train_rows))}
+    datasets = {"train": MemoryDataset.from_rows(int32_rows(train_rows))}  # in memory already: no Ray Data
     if eval_rows:
-        datasets["eval"] = ray.data.from_items(int32_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size]))
+        datasets["eval"] = MemoryDataset.from_rows(int32_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size]))
     source = ModelSource(path=init_from, seed=cfg.seed, dtype=cfg.model.dtype, vocab_size=len(tokenizer))
     task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
                         parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data},
@@ -79,5 +78,5 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
 
 
 def int32_rows(rows: list[dict[str, list[int]]]) -> list[dict[str, np.ndarray]]:
-    """Fixed-shape int32 tensor columns for Ray Data."""
+    """Fixed-shape int32 columns."""
     return [{k: np.asarray(v, dtype=np.int32) for k, v in row.items()} for row in rows]
