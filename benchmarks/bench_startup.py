@@ -114,9 +114,12 @@ def main() -> int:
         TRACE = base / "trace.log"
     for r in range(args.repeats):
         floors.append(floor())
+        print(f"floor: {floors[-1]:.1f} s", flush=True)
         run = base / f"run{r}"
         for name in args.stages:
             results[name].append(stage(name, run, args.overrides, base / f"{name}{r}.log"))
+            print(f"{name}: first step after {results[name][-1][0]:.1f} s, process {results[name][-1][1]:.1f} s "
+                  f"(floor so far {statistics.median(floors):.1f} s)", flush=True)
         floors.append(floor())
     load_after = os.getloadavg()[0]
     f = statistics.median(floors)
