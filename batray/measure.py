@@ -299,7 +299,8 @@ def measure_sft(cfg: RecipeConfig, before: str, after: str, world, questions: li
                 f"world-graded accuracy of greedy answers to {len(questions)} held-out demo-world questions "
                 "(facts in the corpus, never asked in SFT/PPO data)",
                 "the pretrained model prompted with the chat template", figure, held,
-                note="" if held else "the after-SFT interval overlaps the before-SFT interval", values=figs)
+                note="" if held else (f"the after-SFT interval overlaps the before-SFT interval (after: {a['accuracy']['k']} "
+                                      f"right, {a['wrong']} wrong, {a['unanswered']} unanswered)"), values=figs)
     return [row], {"figures": figs, "examples": examples}
 
 
