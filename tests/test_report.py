@@ -59,3 +59,28 @@ def test_report_opens_with_the_headline_and_renders_no_json(tmp_path):
     doc = json.loads(path.with_suffix(".json").read_text())
     assert [r["held"] for r in doc["headline"]] == [True, False, None]
     assert doc["seconds"] == {"ppo": 12.5}
+
+
+def _results(root, bench, label, mode, shots, correct, n):
+    d = root / bench / label / f"{mode}_{shots}shot"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"benchmark": bench, "model_label": label, "mode": mode,
+                                                "shots": shots, "correct": correct, "n": n}))
+
+
+def test_eval_claim_is_made_for_ppl_and_reports_da_beside_it(tmp_path):
+    from batray.measure import measure_eval
+
+    _results(tmp_path, "cmmlu", "sft", "ppl", 0, 40, 64)
+    _results(tmp_path, "cmmlu", "sft", "da", 0, 10, 64)  # at chance: shown, not claimed
+    rows, _ = measure_eval(None, str(tmp_path))
+    (row,) = rows
+    assert row.held is True and "ppl mode" in row.claim
+    assert "reported, not claimed: sft da 0shot: 15.6%" in row.figure
+    assert "0 of 1 intervals above 25%" in row.note
+    _results(tmp_path, "cmmlu", "ppo", "ppl", 0, 18, 64)  # a claimed setting at chance: the row does not hold
+    (row,) = measure_eval(None, str(tmp_path))[0]
+    assert row.held is False and "claimed interval reaches 25%" in row.note
+    _results(tmp_path, "ceval", "sft", "da", 5, 30, 40)  # no ppl run: every setting is claimed
+    ceval = next(r for r in measure_eval(None, str(tmp_path))[0] if "C-Eval" in r.claim)
+    assert ceval.held is True and "not claimed" not in ceval.figure

@@ -112,3 +112,41 @@ def _segments(pos, labels, pad_id, ids):
         if not (b - a == 1 and ids[a] == pad_id and labels[a] == IGNORE_INDEX):
             out.append((a, b - a))
     return out
+
+
+def test_sft_batches_are_trimmed_to_their_last_label_with_the_same_loss_and_gradient(tiny_tokenizer):
+    """The task cuts a right-padded batch after its last labelled column: same loss, same gradient."""
+    import numpy as np
+    import torch
+
+    from batray.train.task import CausalLMTask, ModelSource, Objective
+
+    task = CausalLMTask(model_source=ModelSource(preset="batgpt-tiny", overrides={"vocab_size": len(tiny_tokenizer)}),
+                        tokenizer_dir="", stage="sft", objective=Objective.INSTRUCTION)
+    rows = [pad_sft_sample(s.input_ids, s.labels, 96, tiny_tokenizer.pad_token_id) for s in (
+        build_sft_sample(tiny_tokenizer, normalize_messages({"prompt": p, "response": r}), max_len=96)
+        for p, r in (("Hi", "Hello there!"), ("What is the capital of Avalon?", "The capital of Avalon is Cam.")))]
+    batch = {k: np.asarray([r[k] for r in rows], dtype=np.int32) for k in rows[0]}
+    trimmed = task.to_device(batch, torch.device("cpu"))
+    full = TrainTaskFull().to_device(batch, torch.device("cpu"))
+    longest = max(int(np.nonzero(np.asarray(r["labels"]) != IGNORE_INDEX)[0].max()) for r in rows) + 1
+    assert trimmed["input_ids"].shape == (2, longest) < full["input_ids"].shape
+    model = task.build_model()
+    grads = []
+    for b in (trimmed, full):
+        model.zero_grad()
+        loss, stats = task.loss(model, b)
+        loss.backward()
+        grads.append((loss.detach(), stats["tokens_response"], [p.grad.clone() for p in model.parameters()]))
+    (l1, n1, g1), (l2, n2, g2) = grads
+    assert n1 == n2 and torch.allclose(l1, l2, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+
+
+class TrainTaskFull:
+    """The base class's conversion: the batch at its padded width."""
+
+    def to_device(self, batch, device):
+        from batray.train.task import TrainTask
+
+        return TrainTask.to_device(self, batch, device)

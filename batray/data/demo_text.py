@@ -139,7 +139,9 @@ TEMPLATES: dict[str, dict[str, dict[str, list[str]]]] = {
             "en": ["In what year was {s} born?", "When was {s} born?"],
             "zh": ["{s}是哪一年出生的？", "{s}出生于哪一年？"],
         },
-        "answer": {"en": ["{s} was born in {o}."], "zh": ["{s}出生于{o}年。"]},
+        # Phrased as the corpus states it, and unlike the birthplace answer ("{s} was born in {o}."), so the
+        # answer's first words already say which fact follows.
+        "answer": {"en": ["{s} was born in the year {o}."], "zh": ["{s}生于{o}年。"]},
         "follow": {"en": ["In which year was this person born?"], "zh": ["此人是哪一年出生的？"]},
     },
 }

@@ -16,6 +16,7 @@ from enum import Enum
 import numpy as np
 import torch
 
+from batray.data.direction import IGNORE_INDEX
 from batray.objectives.lm import bidirectional_lm_loss, lm_metrics, packed_lm_logits, sft_loss
 
 
@@ -87,6 +88,15 @@ class Objective(str, Enum):
     INSTRUCTION = "eq2"  # Eq. 2 on masked, right-padded SFT samples
 
 
+def trim_to_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Right-padded SFT rows cut after the batch's last labelled position (most rows are far shorter than
+    `seq_len`). Exact: attention is causal and the pads come last, so no kept position ever saw a cut one,
+    and every label survives; the loss and its gradient are those of the full width."""
+    labelled = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
+    width = int(labelled.max()) + 1 if labelled.numel() else 1
+    return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
+
+
 @dataclass
 class CausalLMTask(TrainTask):
     """Causal LM training: Eq. 1 on packed direction blocks, or Eq. 2 on masked SFT samples.
@@ -113,6 +123,12 @@ class CausalLMTask(TrainTask):
 
             model = apply_lora(model, self.lora, base=self.model_source.path)
         return model
+
+    def to_device(self, batch, device):
+        out = super().to_device(batch, device)
+        if self.objective is Objective.INSTRUCTION:
+            out = trim_to_labels(out)
+        return out
 
     def loss(self, model, batch):
         if self.objective is Objective.BIDIRECTIONAL_LM:  # packed blocks: segments must not attend to each other
