@@ -44,10 +44,12 @@ def _status_kb(field: str) -> int:
 
 def worker(mode: str, args) -> dict:
     """One side, in this process: build, train `args.steps` steps, measure."""
+    import deepspeed  # noqa: F401 - imported by both sides before the baseline is read
+    import peft  # noqa: F401
     import torch
+    import torch.distributed as dist
 
     torch.set_num_threads(args.threads)
-    import torch.distributed as dist
 
     from batray.config.base import LoraConfig, TrainConfig
     from batray.models.lora import apply_lora, trainable_share
@@ -103,7 +105,9 @@ def run_side(mode: str, args, port: int) -> dict:
            "--layers", str(args.layers), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
            "--threads", str(args.threads), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"the {mode} side failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -166,7 +170,8 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for name, f, lo, ratio in rows:
         print(f"| {name} | {f} | {lo} | {'' if ratio is None else f'{ratio:.3f}'} |")
-    print(f"import baseline RSS: full {_gb(full['baseline_rss_kb'] * 1024)}, lora {_gb(lora['baseline_rss_kb'] * 1024)}")
+    print(f"import baseline RSS: full {_gb(full['baseline_rss_kb'] * 1024)}, "
+          f"lora {_gb(lora['baseline_rss_kb'] * 1024)}")
     print(f"losses: full {[round(x, 3) for x in full['losses']]}, lora {[round(x, 3) for x in lora['losses']]}")
     return 0
 
