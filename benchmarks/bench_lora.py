@@ -57,8 +57,8 @@ def worker(mode: str, args) -> dict:
     from batray.train.engine import build_engine
     from batray.train.task import CausalLMTask, ModelSource, Objective
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(args.port))
+    # a one-process group, as a Ray Train worker has with num_workers=1 (DeepSpeed reads the launcher's variables)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     dist.init_process_group("gloo", rank=0, world_size=1)
     baseline_kb = _status_kb("VmRSS")  # imports done, no model yet
 
