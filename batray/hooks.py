@@ -19,10 +19,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 TRAIN_BEFORE_STEP = "train.before_step"  # Ray Train worker, before optimizer step `step` (stage=, step=, resumed=)
+TRAIN_FINAL = "train.final"  # Ray Train worker, every rank, after the final folder is written (stage=, rank=, model=:
+# the trained module with full parameters, gathered under ZeRO-3; a collective point, like the save itself)
 PPO_STEP_DONE = "ppo.step_done"  # PPO driver, after step `step` is logged and checkpointed (step=, roles=)
 
-POINTS = (TRAIN_BEFORE_STEP, PPO_STEP_DONE)
-CARRIED = (TRAIN_BEFORE_STEP,)  # points that run in other processes
+POINTS = (TRAIN_BEFORE_STEP, TRAIN_FINAL, PPO_STEP_DONE)
+CARRIED = (TRAIN_BEFORE_STEP, TRAIN_FINAL)  # points that run in other processes
 
 _callbacks: dict[str, list[Callable[..., None]]] = {}
 

@@ -14,6 +14,7 @@ skips the micro batches it already trained on. The stream is deterministic (Trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -301,13 +302,14 @@ def save_final(engine, task: TrainTask, tc: TrainConfig, job: JobSpec, state: Tr
 
     final_dir = str(Path(job.out_dir, "final"))
     module = engine.module
+    gathered = contextlib.nullcontext()
     if tc.deepspeed.zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            if rank == 0:
-                task.save_final(module, final_dir, step=state.step, tokens_seen=state.tokens_seen)
-    elif rank == 0:
-        task.save_final(module, final_dir, step=state.step, tokens_seen=state.tokens_seen)
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered:
+        if rank == 0:
+            task.save_final(module, final_dir, step=state.step, tokens_seen=state.tokens_seen)
+        hooks.fire(hooks.TRAIN_FINAL, stage=task.stage, rank=rank, model=module)
     if dist.is_initialized():
         dist.barrier()
