@@ -68,4 +68,4 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
     task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
                         parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data},
                         lora=scfg.lora)
-    return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed)
+    return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed, recipe=cfg)
