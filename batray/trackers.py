@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,27 @@ EXTRA = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}  # tracker
 IDS_FILE = "trackers.json"
 
 
+def installed(module: str) -> bool:
+    if module in sys.modules:  # None there means "not importable" (how tests and tools block a package)
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
 def check_trackers(report_to) -> None:
     """One line naming the extra to install when a tracker's package is missing (at config/stage start)."""
     for name in report_to:
-        if name in EXTRA and importlib.util.find_spec(EXTRA[name][0]) is None:
+        if name in EXTRA and not installed(EXTRA[name][0]):
             raise ConfigError(f"logging.report_to: {name} is not installed; pip install 'batray[{EXTRA[name][1]}]' "
                               f"(or drop {name} from logging.report_to)")
+
+
+def in_run_group(cfg):
+    """The recipe config with `logging.group` set (`<run_dir name>-<config hash>` unless chosen): what
+    `batray run` hands every stage, so their tracker runs share one group."""
+    if cfg.logging.group is not None:
+        return cfg
+    group = f"{Path(cfg.run_dir).name}-{cfg.digest()[:8]}"
+    return cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"group": group})})
 
 
 @dataclass

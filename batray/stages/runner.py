@@ -19,7 +19,7 @@ from batray.config import RecipeConfig, dump_config
 from batray.errors import BatrayError
 from batray.stages.kit import ActorKit
 from batray.stages.registry import StageCall, StagePlan, StageResult, check_inputs, resolve
-from batray.trackers import check_trackers
+from batray.trackers import check_trackers, in_run_group
 
 log = logging.getLogger("batray.run")
 
@@ -85,9 +85,7 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
 
     console = Console(stderr=True)
     check_trackers(cfg.logging.report_to)
-    if cfg.logging.group is None:  # one tracker group for the recipe's stages
-        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(
-            update={"group": f"{Path(cfg.run_dir).name}-{cfg.digest()[:8]}"})})
+    cfg = in_run_group(cfg)  # one tracker group for the recipe's stages
     stages = select_stages(cfg, only, start)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg))
