@@ -69,6 +69,7 @@ def ray_data_output(logging_cfg=None) -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
             handler.setLevel(logging.INFO if show else logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if show else logging.ERROR)
 
 
 def start_ray(attempts: int = 3, **init_kwargs) -> None:

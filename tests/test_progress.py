@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
 # What Ray Data prints when its output is on (seen in a stage's log before it was turned off).
-RAY_DATA_LINES = re.compile(r"Running Dataset|MapBatches|\[dataset\]|Operator|Starting execution of Dataset|"
+RAY_DATA_LINES = re.compile(r"Running Dataset|MapBatches|\[dataset\]|Operator|Starting execution of Dataset|Progress bars|"
                             r"Execution plan of Dataset|execution finished in|Registered dataset logger")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
