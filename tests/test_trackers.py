@@ -95,10 +95,10 @@ def test_wandb_and_mlflow_get_config_and_each_row_once_with_two_workers(ray_sess
     assert run_record.run_group == "recipe-1" and run_record.display_name == f"{tmp_path.name}-sft"
     assert {"sft", f"config:{cfg.digest()}", "tiny"} <= set(run_record.tags)
     config = {item.key: json.loads(item.value_json) for item in run_record.config.update}
-    assert config["sft"]["value"]["max_steps"] == 4 and config["logging"]["value"]["project"] == "obs-test"
-    history = [{i.key: json.loads(i.value_json) for i in r.history.item} for r in records
-               if r.WhichOneof("record_type") == "history"]
-    assert [h["_step"] for h in history] == [2, 4]
+    assert config["sft"]["max_steps"] == 4 and config["logging"]["project"] == "obs-test"
+    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    assert [h.step.num for h in history] == [2, 4]
+    history = [{i.key: json.loads(i.value_json) for i in h.item} for h in history]
     assert [h["loss_response"] for h in history] == [pytest.approx(r["loss_response"]) for r in rows]
     assert json.loads((tmp_path / "sft" / "trackers.json").read_text())["wandb"] == run_record.run_id
 
