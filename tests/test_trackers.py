@@ -98,7 +98,7 @@ def test_wandb_and_mlflow_get_config_and_each_row_once_with_two_workers(ray_sess
     assert config["sft"]["max_steps"] == 4 and config["logging"]["project"] == "obs-test"
     history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
     assert [h.step.num for h in history] == [2, 4]
-    history = [{i.key: json.loads(i.value_json) for i in h.item} for h in history]
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in h.item} for h in history]
     assert [h["loss_response"] for h in history] == [pytest.approx(r["loss_response"]) for r in rows]
     assert json.loads((tmp_path / "sft" / "trackers.json").read_text())["wandb"] == run_record.run_id
 
