@@ -1,4 +1,8 @@
-"""Connecting to Ray: `ray.address` from the config, else RAY_ADDRESS, else a new local cluster."""
+"""Connecting to Ray: `ray.address` from the config, else RAY_ADDRESS, else a new local cluster.
+
+Ray Data's own output (progress bars, per-dataset execution lines) is off unless
+`logging.ray_data_progress` (`ray_data_output`): batray's progress display replaces it.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ def init_ray(cfg: RecipeConfig | None = None, **kwargs):
     """
     import ray
 
+    ray_data_output(cfg.logging if cfg is not None else None)
     if ray.is_initialized():
         return ray
     ray_cfg = cfg.ray if cfg is not None else None
@@ -33,10 +38,38 @@ def init_ray(cfg: RecipeConfig | None = None, **kwargs):
         # Workers must import batray/actors/jobs from a checkout even when not pip-installed.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}}
+        env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
+        if not (cfg is not None and cfg.logging.ray_data_progress):
+            env[RAY_DATA_LOGGING_ENV] = RAY_DATA_QUIET_CONFIG
+        init_kwargs["runtime_env"] = {"env_vars": env}
     init_kwargs.update(kwargs)
     start_ray(**init_kwargs)
     return ray
+
+
+RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
+RAY_DATA_QUIET_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_data_logging.yaml")
+
+
+def ray_data_output(logging_cfg=None) -> None:
+    """Ray Data's progress bars and chatter off (default), or on with `logging.ray_data_progress: true`.
+
+    Call before the datasets are made: a dataset carries a copy of the creating process's
+    `DataContext`, and that copy is what runs it, also in Ray Train's split coordinator and the
+    workers. The driver's `ray.data` console handler goes to WARNING too; workers of a local cluster
+    batray starts read the same setting from RAY_DATA_LOGGING_CONFIG (`ray_data_logging.yaml`).
+    """
+    from ray.data import DataContext
+
+    show = bool(logging_cfg is not None and logging_cfg.ray_data_progress)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = show
+    ctx.enable_operator_progress_bars = show
+    ctx.print_on_execution_start = show
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.INFO if show else logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if show else logging.ERROR)
 
 
 def start_ray(attempts: int = 3, **init_kwargs) -> None:

@@ -2,6 +2,7 @@
 
 from batray.config.base import (
     DeepSpeedConfig,
+    LoggingConfig,
     ModelConfig,
     OptimConfig,
     RayConfig,
@@ -25,7 +26,8 @@ from batray.config.stages import DataConfig, DemoDataConfig, ExpandConfig, GrowC
 
 __all__ = [
     "STAGES", "AnnotateConfig", "DataConfig", "DeepSpeedConfig", "DemoDataConfig", "EndpointConfig",
-    "EvalConfig", "ExpandConfig", "GrowConfig", "LabelConfig", "ModelConfig", "OptimConfig", "PairsConfig",
+    "EvalConfig", "ExpandConfig", "GrowConfig", "LabelConfig", "LoggingConfig", "ModelConfig", "OptimConfig",
+    "PairsConfig",
     "PpoConfig", "PrefsConfig", "PretrainConfig", "RayConfig", "RecipeConfig", "RerankConfig", "RewardConfig",
     "SamplingConfig", "ScalingConfig", "Schema", "ServeConfig", "SftConfig", "TrainConfig",
     "apply_overrides", "dump_config", "join_uri", "load_config",

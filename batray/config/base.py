@@ -70,6 +70,28 @@ class ModelConfig(Schema):
         raise ValueError(f"chat_template must be batgpt, model or a path to a .jinja file, not {v!r}")
 
 
+class LoggingConfig(Schema):
+    """Where metrics go and what a person sees (`batray.trackers`, `batray.progress`).
+
+    Every row of a stage's `metrics.jsonl` also goes to each tracker in `report_to`, logged once by the
+    driver (the rows come from training rank 0). `wandb` and `mlflow` are optional extras."""
+
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default=["tensorboard"], description="trackers; tensorboard writes <stage>/tb/ beside metrics.jsonl")
+    project: str = Field(default="batray", description="wandb project / mlflow experiment")
+    run_name: str | None = Field(default=None, description="null: <run_dir name>-<stage>")
+    group: str | None = Field(
+        default=None, description="run group (wandb group, mlflow tag batray.group); `batray run` sets "
+        "<run_dir name>-<config hash> when null")
+    tags: list[str] = Field(default=[], description="added to the stage name and config:<hash>")
+    entity: str | None = Field(default=None, description="wandb entity (team); null: the account's default")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="null: MLFLOW_TRACKING_URI, else a file store in <run_dir>/mlruns")
+    progress: Literal["auto", "bar", "lines"] = Field(
+        default="auto", description="auto: a rich bar on a terminal, plain lines otherwise")
+    ray_data_progress: bool = Field(default=False, description="show Ray Data's own progress bars and logs")
+
+
 class DeepSpeedConfig(Schema):
     """DeepSpeed settings; stage 0 still runs through DeepSpeed's engine (plain data parallel)."""
 

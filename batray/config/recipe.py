@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from batray.config.base import ModelConfig, OutputPath, PathField, RayConfig, Schema
+from batray.config.base import LoggingConfig, ModelConfig, OutputPath, PathField, RayConfig, Schema
 from batray.config.rl import AnnotateConfig, LabelConfig, PairsConfig, PpoConfig, PrefsConfig, RewardConfig
 from batray.config.serve_eval import EvalConfig, ServeConfig
 from batray.config.stages import DataConfig, ExpandConfig, GrowConfig, PretrainConfig, SftConfig
@@ -34,6 +34,7 @@ class RecipeConfig(Schema):
         description="what `batray run` executes, in order",
     )
     ray: RayConfig = RayConfig()
+    logging: LoggingConfig = LoggingConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
@@ -76,8 +77,10 @@ class RecipeConfig(Schema):
         return join_uri(self.run_dir, stage)
 
     def digest(self) -> str:
-        """A short hash of the resolved config, stored in every checkpoint's batray.json."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A short hash of the resolved config, stored in every checkpoint's batray.json.
+
+        `logging` is left out: where metrics go does not change what a stage computes."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"logging"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

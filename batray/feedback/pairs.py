@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 
 from batray.config import RecipeConfig, join_uri
 from batray.data.io import exists, write_parquet
@@ -44,24 +45,36 @@ def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def generate_with_engines(model: str, prompts: list[str], cfg: RecipeConfig, seeds: list[int],
                           rollout_cls: type) -> list[list[str]]:
-    """Responses from a pool of rollout actors (`rollout_cls`) on `model`, prompts split evenly across
-    them: one list of responses per seed (the same pool samples A and B when the policy is sampled twice)."""
+    """Responses from a pool of rollout actors (`rollout_cls`) on `model`: one list of responses per seed
+    (the same pool samples A and B when the policy is sampled twice). Prompts go out in chunks (about 8
+    per engine, each with its own seed) to whichever engine is idle, behind one progress display."""
     from batray.groups import ActorGroup
     from batray.models.tokenizer import load_tokenizer
+    from batray.progress import Progress
     from batray.rollout.engine import SamplingParams
 
     pc = cfg.pairs
     ids = chat_prompt_ids(load_tokenizer(model), prompts)
     n = min(pc.num_engines, len(ids))
     group = ActorGroup(rollout_cls, n, num_cpus=pc.engine_cpus, init_kwargs={"model_path": model}, name="pairs-rollout")
-    size = -(-len(ids) // n)
-    shards = [ids[i * size: (i + 1) * size] for i in range(n)]
+    size = -(-len(ids) // (8 * n))
+    chunks = [(k, ids[start:start + size]) for k, start in enumerate(range(0, len(ids), size))]
     out = []
     try:
-        for seed in seeds:
-            args = [(shard, SamplingParams(pc.sampling.temperature, pc.sampling.top_p, pc.sampling.max_new_tokens,
-                                           seed + 7919 * k)) for k, shard in enumerate(shards)]
-            out.append([c.text for shard in group.call_each("generate", args) for c in shard])
+        for i, seed in enumerate(seeds):
+            def call_args(chunk, seed=seed):
+                k, shard = chunk
+                params = SamplingParams(pc.sampling.temperature, pc.sampling.top_p, pc.sampling.max_new_tokens,
+                                        seed + 7919 * k)
+                return (shard, params), {}
+
+            what = f"pairs: {os.path.basename(model.rstrip('/'))}"
+            if len(seeds) > 1:
+                what += f" sample {i + 1}/{len(seeds)}"
+            with Progress(len(ids), what, unit="responses") as progress:
+                done = group.map_unordered("generate", chunks, call_args=call_args, progress=progress,
+                                           weight=lambda chunk: len(chunk[1]))
+            out.append([c.text for shard in done for c in shard])
     finally:
         group.kill()
     return out

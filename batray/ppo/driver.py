@@ -45,8 +45,10 @@ from batray.ppo.experience import make_experience
 from batray.ppo.roles import PpoRoles
 from batray.ppo.train import num_update_steps
 from batray.ppo.weight_sync import WeightSync, choose_transport
+from batray.progress import StepProgress
 from batray.rollout.engine import SamplingParams
 from batray.stages.kit import ActorKit
+from batray.trackers import TrackerSpec, open_trackers
 
 log = logging.getLogger("batray.ppo")
 
@@ -372,7 +374,8 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
     out.mkdir(parents=True, exist_ok=True)
     roles = PpoRoles(ppo, kit, policy_path=policy_path, critic_path=critic_path, reference_path=policy_init,
                      reward_path=reward_model or policy_init, rollout_path=policy_init, seed=ppo.seed)
-    metrics = None
+    metrics = trackers = progress = None
+    failed = True
     try:
         roles.wait_ready(ppo.actor_timeout_s)
         for role in ("policy", "critic"):
@@ -386,8 +389,11 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
         reward_stats = ray.get(roles["reward"].actors[0].stats.remote(), timeout=ppo.actor_timeout_s)
         driver = Driver(cfg, roles, prompt_stream, ptx_stream, kl_ctl, tokenizer.pad_token_id, reward_stats)
         driver.sync_weights(start)
-        metrics = MetricsLogger(out, resume_step=start + 1 if resume is not None else None)
-        run_start = time.perf_counter()
+        metrics = MetricsLogger(out, resume_step=start + 1 if resume is not None else None,
+                                tensorboard="tensorboard" in cfg.logging.report_to)
+        trackers = open_trackers(TrackerSpec.of(cfg, "ppo", str(out)))
+        progress = StepProgress("ppo", ppo.steps, mode=cfg.logging.progress)
+        progress.start(start)
         for step in range(start + 1, ppo.steps + 1):
             try:
                 row = driver.step(step)
@@ -402,11 +408,12 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
                                            "(ppo.actor_timeout_s)", ckpt_root)) from None
             except BatrayError as e:
                 raise BatrayError(_failure(f"step {step}: {e}", ckpt_root)) from None
-            metrics.log(step, **row)
+            logged = metrics.log(step, **row)
+            if trackers is not None:
+                trackers.log(logged)
+            progress.step(step)
             if step % ppo.log_every == 0 or step == ppo.steps:
-                elapsed = time.perf_counter() - run_start
-                log.info("ppo step %d/%d  reward %.3f  kl %.4f  value_loss %.4f  %.1fs/step  (%.0fs)",
-                         step, ppo.steps, row["reward"], row["kl"], row["value_loss"], row["time_step"], elapsed)
+                progress.metrics(logged)  # a plain line (or the bar's figures): reward, kl, value_loss, ETA
             if step % ppo.ckpt_every == 0 or step == ppo.steps:
                 driver.save_checkpoint(ckpt_root, step)
             hooks.fire(hooks.PPO_STEP_DONE, step=step, roles=roles)
@@ -414,9 +421,14 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
             "save_final", str(final), step=ppo.steps, parent=policy_init, config_hash=cfg.digest(),
             extra={"reward_model": reward_model, "prompts": prompts}, timeout_s=ppo.actor_timeout_s,
         )
+        failed = False
     finally:
         if metrics is not None:
             metrics.close()
+        if progress is not None:
+            progress.close()
+        if trackers is not None:
+            trackers.close(failed=failed)
         roles.shutdown()
     return str(final)
 

@@ -80,7 +80,7 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
                     "tie_share": enc_report.counts[0] / max(1, enc_report.total)},
         lora=rcfg.lora,
     )
-    return fit(task, rcfg, out_dir, datasets=datasets, seed=cfg.seed)
+    return fit(task, rcfg, out_dir, datasets=datasets, seed=cfg.seed, recipe=cfg)
 
 
 def summary(final: str) -> str:

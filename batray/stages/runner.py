@@ -19,11 +19,13 @@ from batray.config import RecipeConfig, dump_config
 from batray.errors import BatrayError
 from batray.stages.kit import ActorKit
 from batray.stages.registry import StageCall, StagePlan, StageResult, check_inputs, resolve
+from batray.trackers import check_trackers, in_run_group
 
 log = logging.getLogger("batray.run")
 
 
 def run_stage(cfg: RecipeConfig, name: str, kit: ActorKit, *, out_dir: str | None = None) -> StageResult:
+    check_trackers(cfg.logging.report_to)  # a missing wandb/mlflow is one line now, not after the data work
     plan = resolve(cfg, name, out_dir=out_dir)
     if any(r.stage == "data" and isinstance(r.value, str) and not os.path.exists(r.value)
            for r in plan.inputs.values() if not r.unused):
@@ -82,6 +84,8 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
     from batray.ray_session import init_ray
 
     console = Console(stderr=True)
+    check_trackers(cfg.logging.report_to)
+    cfg = in_run_group(cfg)  # one tracker group for the recipe's stages
     stages = select_stages(cfg, only, start)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg))

@@ -15,13 +15,15 @@ The stages built on this package (their inputs are resolved by `batray.stages`, 
 
 Library pieces:
 
-- `fit(task, train_cfg, out_dir, *, datasets, seed=0) -> str` (`launcher.py`): runs a `TrainTask` as
+- `fit(task, train_cfg, out_dir, *, datasets, seed=0, recipe=None) -> str` (`launcher.py`): runs a `TrainTask` as
   a Ray Train V2 `TorchTrainer` with `train_cfg.scaling` workers and DeepSpeed ZeRO
   `train_cfg.deepspeed.zero_stage`. `datasets` are Ray Data datasets or, for rows the driver already
   holds (SFT, reward), `MemoryDataset.from_rows(rows)` (`memory_data.py`: object store, no Ray Data):
   "train" (split across workers with a deterministic order) and optional "eval" (every worker reads it
   whole; keep it small, e.g. `.limit(eval_batches * micro_batch_size).materialize()`). Writes `out_dir/metrics.jsonl`,
-  `out_dir/tb/`, checkpoints in `out_dir/ray/`, and `out_dir/final/` via `task.save_final`.
+  `out_dir/tb/`, checkpoints in `out_dir/ray/`, and `out_dir/final/` via `task.save_final`. With
+  `recipe` (the whole `RecipeConfig`), its `logging` section chooses the trackers and the progress
+  display, both driven from the driver (`monitor.py`).
 - `TrainTask` (`task.py`): what a stage plugs in. `CausalLMTask` + `ModelSource` cover pretrain/SFT.
 - `lr_factor`, `deepspeed_config`, `build_engine` (`engine.py`); `corpus_blocks`,
   `pad_sft_sample`, `pack_sft_samples` (`lm_data.py`: Ray Data transforms for Eq. 1 blocks, SFT
@@ -41,7 +43,7 @@ Subclass `TrainTask` as a picklable dataclass holding only paths/plain data, and
     num_tokens(self, batch) -> int           # for tokens/s (default: input_ids.numel())
     save_final(self, model, out_dir, *, step, tokens_seen)   # rank 0, full parameters
 
-then `fit(MyTask(...), cfg.reward, out_dir, datasets={"train": ds, "eval": small_ds}, seed=cfg.seed)`.
+then `fit(MyTask(...), cfg.reward, out_dir, datasets={"train": ds, "eval": small_ds}, seed=cfg.seed, recipe=cfg)`.
 Rows of the "train" dataset must have fixed-shape columns (pad them) so they batch into arrays.
 
 Resume and exactness

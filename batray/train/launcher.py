@@ -16,8 +16,11 @@ from batray import hooks
 from batray.checkpoint import is_complete
 from batray.config.base import TrainConfig
 from batray.errors import BatrayError
+from batray.ray_session import ray_data_output
+from batray.trackers import TrackerSpec, open_trackers
 from batray.train.loop import JobSpec, train_loop
 from batray.train.memory_data import MemoryDataset
+from batray.train.monitor import StageMonitor
 from batray.train.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -29,14 +32,16 @@ class TrainingFailed(BatrayError):
     """A training run stopped with an error; its checkpoints stay, the same command resumes it."""
 
 
-def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict, seed: int = 0) -> str:
+def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict, seed: int = 0,
+        recipe=None) -> str:
     """Train `task` on `datasets` ("train", optional "eval") into `out_dir`.
 
     A dataset is a Ray Data dataset (streamed, split across workers by Ray Train) or a
     `batray.train.memory_data.MemoryDataset` (rows the driver holds, read from the object store).
 
     Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` when a
-    previous run left checkpoints there.
+    previous run left checkpoints there. recipe: the whole resolved `RecipeConfig`; its `logging`
+    section chooses the trackers (which get the whole config as parameters) and the progress display.
     """
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -55,19 +60,24 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
+    logging_cfg = recipe.logging if recipe is not None else None
+    spec = TrackerSpec.of(recipe, task.stage, str(out)) if recipe is not None else None
+    ray_data_output(logging_cfg)
     memory = {k: v for k, v in datasets.items() if isinstance(v, MemoryDataset)}
     streamed = {k: v for k, v in datasets.items() if k not in memory}
     data_config = None
     if streamed:
         from ray.data import DataContext
 
-        quiet_ray_data()
         # A deterministic stream is what makes skip-to-position exact on resume.
         DataContext.get_current().execution_options.preserve_order = True
         ingest = copy.deepcopy(DataContext.get_current().execution_options)
         data_config = DataConfig(datasets_to_split=[k for k in ("train",) if k in streamed], execution_options=ingest)
+    monitor = StageMonitor(task.stage, train_cfg.max_steps, trackers=open_trackers(spec),
+                           mode=logging_cfg.progress if logging_cfg is not None else "auto")
     job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
-                  hooks=hooks.carried(), memory_data=memory)
+                  hooks=hooks.carried(), memory_data=memory, channel=monitor.channel,
+                  tensorboard=logging_cfg is None or "tensorboard" in logging_cfg.report_to)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},
@@ -87,7 +97,8 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     log.info("%s: %s %d worker(s), ZeRO-%d, into %s", task.stage, "resuming" if resuming else "starting",
              scaling.num_workers, train_cfg.deepspeed.zero_stage, out)
     try:
-        trainer.fit()
+        with monitor:
+            trainer.fit()
     except ray.train.TrainingFailedError as e:
         cause = str(e).strip().splitlines()
         raise TrainingFailed(
@@ -97,13 +108,3 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     if not is_complete(final):
         raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
     return str(final)
-
-
-def quiet_ray_data() -> None:
-    """Our own progress lines replace Ray Data's bars and per-operator chatter, which would interleave with them."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False

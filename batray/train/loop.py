@@ -3,8 +3,9 @@
 One screen of logic (nanoGPT style), with Ray Train around it:
   build model -> DeepSpeed engine -> restore the last checkpoint (model, optimizer, scheduler, data
   position, RNG) -> for each micro batch of this worker's Ray Data shard: loss, backward, step at
-  accumulation boundaries -> every `log_every` steps: metrics summed over workers, a progress line,
-  `metrics.jsonl` + TensorBoard (rank 0) -> every `eval_every` steps: the held-out split -> every
+  accumulation boundaries -> every `log_every` steps: metrics summed over workers, `metrics.jsonl` +
+  TensorBoard (rank 0), the row and each step's count sent to the driver's progress display and trackers
+  (`batray.train.monitor`) -> every `eval_every` steps: the held-out split -> every
   `ckpt_every` steps: a checkpoint through `ray.train.report` -> at the end: the final HF folder.
 
 Data position: Ray Data cannot seek, so a resumed worker re-reads its shard's current epoch and
@@ -15,10 +16,10 @@ skips the micro batches it already trained on. The stream is deterministic (Trai
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
-import itertools
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,6 +49,8 @@ class JobSpec:
     has_eval: bool = False
     hooks: list = field(default_factory=list)  # the driver's `batray.hooks.carried()` (tests inject faults)
     memory_data: dict = field(default_factory=dict)  # name -> `MemoryDataset`, instead of a Ray Data dataset
+    channel: object = None  # a `ProgressChannel` actor: rank 0 reports steps and rows to the driver
+    tensorboard: bool = True  # `logging.report_to` has tensorboard
 
 
 @dataclass
@@ -93,9 +96,12 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         from batray.metrics import MetricsLogger
 
-        logger = MetricsLogger(job.out_dir, resume_step=state.step + 1 if resumed else None)
+        logger = MetricsLogger(job.out_dir, resume_step=state.step + 1 if resumed else None,
+                               tensorboard=job.tensorboard)
         if resumed:
             print(f"[{task.stage}] resumed at step {state.step} (epoch {state.epoch}, batch {state.consumed})", flush=True)
+    report = Reporter(job.channel if rank == 0 else None)
+    report("start", step=state.step)
 
     window: dict[str, float] = {}
     window_tokens, window_start = 0, time.perf_counter()
@@ -123,8 +129,7 @@ def train_loop(config: dict) -> None:
                 metrics.update(evaluate(engine, task, tc, device, dataset_shard(job, "eval", 0, 1)))
                 engine.train()
             if logger is not None:
-                logger.log(step, **metrics)
-                print(progress_line(task.stage, step, tc.max_steps, metrics), flush=True)
+                report("metrics", **logger.log(step, **metrics))
             window, window_tokens, window_start = {}, 0, time.perf_counter()
         if step % tc.ckpt_every == 0 and not last:
             save_and_report(engine, state, rank, {"step": step})
@@ -154,6 +159,7 @@ def train_loop(config: dict) -> None:
             if boundary:
                 state.step += 1
                 state.tokens_seen += n_tokens * world * gas  # every worker saw a batch of this shape
+                report("step", step=state.step)
                 log_and_checkpoint()
                 if state.step >= tc.max_steps:
                     break
@@ -243,15 +249,18 @@ def evaluate(engine, task: TrainTask, tc: TrainConfig, device: torch.device, eva
     return task.metrics(sums, prefix="eval_")
 
 
-def progress_line(stage: str, step: int, max_steps: int, m: dict[str, float]) -> str:
-    parts = [f"[{stage}] step {step}/{max_steps}"]
-    for key, fmt in (("loss", "loss {:.4f}"), ("loss_l2r", "l2r {:.4f}"), ("loss_r2l", "r2l {:.4f}"),
-                     ("eval_loss", "eval {:.4f}"), ("eval_loss_l2r", "eval_l2r {:.4f}"),
-                     ("eval_loss_r2l", "eval_r2l {:.4f}"), ("accuracy", "acc {:.3f}"),
-                     ("eval_accuracy", "eval_acc {:.3f}"), ("lr", "lr {:.2e}"), ("tokens_per_s", "{:.0f} tok/s")):
-        if key in m and isinstance(m[key], float):
-            parts.append(fmt.format(m[key]))
-    return "  ".join(parts)
+class Reporter:
+    """Rank 0's messages to the driver's `StageMonitor`, sent without waiting (Ray keeps one caller's
+    calls to an actor in order); other ranks, and a loop run without a channel, send nothing."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def __call__(self, kind: str, **message) -> None:
+        if self.channel is not None:
+            self.channel.push.remote({"kind": kind, "t": time.time(), **message})
+
+
 
 
 def save_and_report(engine, state: TrainState, rank: int, metrics: dict) -> None:

@@ -55,7 +55,7 @@ def run_pretrain(cfg: RecipeConfig, out_dir: str, *, corpus: str, init_from: str
     task = CausalLMTask(stage="pretrain", model_source=source, tokenizer_dir=tok_dir,
                         objective=Objective.BIDIRECTIONAL_LM, parent=init_from, config_hash=cfg.digest(),
                         extra_meta={"direction": pcfg.direction, "r2l_share": pcfg.r2l_share, "corpus": corpus})
-    return fit(task, pcfg, out_dir, datasets=datasets, seed=cfg.seed)
+    return fit(task, pcfg, out_dir, datasets=datasets, seed=cfg.seed, recipe=cfg)
 
 
 def block_kwargs(tokenizer, cfg: RecipeConfig, pcfg) -> dict:

@@ -74,7 +74,7 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
     task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
                         parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data},
                         lora=scfg.lora, packed=scfg.packing)
-    return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed)
+    return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed, recipe=cfg)
 
 
 def int32_rows(rows: list[dict[str, list[int]]]) -> list[dict[str, np.ndarray]]:
