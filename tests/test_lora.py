@@ -214,7 +214,8 @@ def _loads_without_peft(auto_class, folder: Path, monkeypatch):
 
 
 # One Ray Train job per case (~30 s); ZeRO-2 runs in the resume test above. Reward under ZeRO-1 is opt-in (-m slow).
-@pytest.mark.parametrize(("stage", "zero_stage"), [pytest.param("sft", 1, marks=pytest.mark.slow), ("sft", 3), ("reward", 3),
+@pytest.mark.parametrize(("stage", "zero_stage"), [pytest.param("sft", 1, marks=pytest.mark.slow), ("sft", 3),
+                                                   pytest.param("reward", 3, marks=pytest.mark.slow),
                                                    pytest.param("reward", 1, marks=pytest.mark.slow)])
 def test_lora_under_zero(stage, zero_stage, tmp_path, ray_session, monkeypatch):
     """2 workers: the frozen base stays bit-identical (read in the workers, gathered under ZeRO-3), every

@@ -90,7 +90,8 @@ def benchmarks(tmp_path_factory):
 # its embeddings): their end-to-end runs are opt-in (-m slow) to keep `make test` inside CI's budget;
 # tests/test_model_families.py covers both in-process (loading, chat template, SFT masks, reward
 # end-of-turn, generation stops, checkpoint round trip).
-OPT_IN = {"mistral", "qwen2"}
+# GLM, batray's own family, runs end to end by default in tests/test_lora.py and the tiny recipe.
+OPT_IN = {"mistral", "qwen2", "glm"}
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in OPT_IN else f for f in FAMILIES])
