@@ -261,8 +261,6 @@ class Reporter:
             self.channel.push.remote({"kind": kind, "t": time.time(), **message})
 
 
-
-
 def save_and_report(engine, state: TrainState, rank: int, metrics: dict) -> None:
     """Checkpoint through `ray.train.report`: DeepSpeed's model/optimizer/scheduler states (each rank
     writes its own ZeRO partition files; Ray merges the workers' folders), the data position and the

@@ -24,12 +24,13 @@ class MemoryDataset:
     num_rows: int
 
     @classmethod
-    def from_rows(cls, rows: list[dict]) -> MemoryDataset:
+    def from_rows(cls, rows: list[dict], dtype=None) -> MemoryDataset:
+        """`dtype`: the columns' type (e.g. np.int32 for token ids), else numpy's choice."""
         import ray
 
         if not rows:
             raise ValueError("a MemoryDataset needs at least one row")
-        columns = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+        columns = {k: np.asarray([r[k] for r in rows], dtype=dtype) for k in rows[0]}
         return cls(ref=ray.put(columns), num_rows=len(rows))
 
     def shard(self, rank: int, world: int) -> MemoryShard:

@@ -67,16 +67,12 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
         raise DataError(f"sft data {data}: no usable samples ({report.summary('sft')})")
 
     init_ray(cfg)
-    datasets = {"train": MemoryDataset.from_rows(int32_rows(train_rows))}  # in memory already: no Ray Data
+    datasets = {"train": MemoryDataset.from_rows(train_rows, dtype=np.int32)}  # in memory already: no Ray Data
     if eval_rows:
-        datasets["eval"] = MemoryDataset.from_rows(int32_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size]))
+        datasets["eval"] = MemoryDataset.from_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size],
+                                                   dtype=np.int32)
     source = ModelSource(path=init_from, seed=cfg.seed, dtype=cfg.model.dtype, vocab_size=len(tokenizer))
     task = CausalLMTask(model_source=source, tokenizer_dir=tok_dir, stage="sft", objective=Objective.INSTRUCTION,
                         parent=init_from, config_hash=cfg.digest(), extra_meta={"loss_on": scfg.loss_on, "data": data},
                         lora=scfg.lora, packed=scfg.packing)
     return fit(task, scfg, out_dir, datasets=datasets, seed=cfg.seed, recipe=cfg)
-
-
-def int32_rows(rows: list[dict[str, list[int]]]) -> list[dict[str, np.ndarray]]:
-    """Fixed-shape int32 columns."""
-    return [{k: np.asarray(v, dtype=np.int32) for k, v in row.items()} for row in rows]
