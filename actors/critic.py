@@ -10,6 +10,7 @@ from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
 from batray.ppo.trainer import DeepSpeedTrainer
+from batray.ppo.wire import from_wire, to_wire
 from batray.reward.model import build_reward_model
 
 
@@ -39,15 +40,17 @@ class CriticActor(DistributedWorker):
         self.trainer = DeepSpeedTrainer(model.to(self.device), lr=self.cfg.critic_lr, cfg=self.cfg,
                                         world_size=self.world_size)
 
+    # Batches and values cross Ray as numpy arrays (`batray.ppo.wire`: no torch.save per tensor).
     @busy
-    def values(self, batch: dict) -> torch.Tensor:
+    def values(self, batch: dict):
         self.trainer.wake()  # ppo.offload_between_phases
         self.trainer.eval()
-        return train.batch_values(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+        batch = to_device(from_wire(batch), self.device)
+        return to_wire(train.batch_values(self.trainer, batch, self.cfg.micro_batch_size))
 
     @busy
     def train(self, experience: dict, seed: int) -> dict[str, float]:
-        stats = train.critic_update(self.trainer, to_device(experience, self.device), self.cfg, seed)
+        stats = train.critic_update(self.trainer, to_device(from_wire(experience), self.device), self.cfg, seed)
         self.trainer.sleep()  # the step's last use of the critic
         return stats
 

@@ -20,6 +20,7 @@ from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
 from batray.ppo.trainer import DeepSpeedTrainer
 from batray.ppo.weight_sync import broadcast, open_broadcast_group, share_cuda
+from batray.ppo.wire import from_wire, to_wire
 
 
 class PolicyActor(DistributedWorker):
@@ -44,25 +45,28 @@ class PolicyActor(DistributedWorker):
             model = apply_lora(model, self.cfg.lora, base=self.model_path)
         self.trainer = DeepSpeedTrainer(model, lr=self.cfg.actor_lr, cfg=self.cfg, world_size=self.world_size)
 
+    # Batches and log-probabilities cross Ray as numpy arrays (`batray.ppo.wire`: no torch.save per tensor).
     @busy
-    def logprobs(self, batch: dict) -> torch.Tensor:
+    def logprobs(self, batch: dict):
         self.trainer.wake()  # the step's first use of the weights (ppo.offload_between_phases)
         self.trainer.eval()
-        return train.response_logprobs(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+        batch = to_device(from_wire(batch), self.device)
+        return to_wire(train.response_logprobs(self.trainer, batch, self.cfg.micro_batch_size))
 
     @busy
-    def reference_logprobs(self, batch: dict) -> torch.Tensor:
+    def reference_logprobs(self, batch: dict):
         """log pi_inst of Eq. 4 with LoRA: the policy's own base, adapters disabled (no second copy)."""
         self.trainer.wake()
         self.trainer.eval()
+        batch = to_device(from_wire(batch), self.device)
         with adapters_disabled(self.trainer.module):
-            return train.response_logprobs(self.trainer, to_device(batch, self.device), self.cfg.micro_batch_size).cpu()
+            return to_wire(train.response_logprobs(self.trainer, batch, self.cfg.micro_batch_size))
 
     @busy
     def train(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> dict[str, float]:
         self.trainer.wake()
-        experience = to_device(experience, self.device)
-        ptx_batches = [to_device(b, self.device) for b in ptx_batches] if ptx_batches else None
+        experience = to_device(from_wire(experience), self.device)
+        ptx_batches = [to_device(b, self.device) for b in from_wire(ptx_batches)] if ptx_batches else None
         return train.policy_update(self.trainer, experience, ptx_batches, self.cfg, seed)
 
     # -- weight sync (batray.ppo.weight_sync): every rank calls these at once; rank 0 sends ----------
@@ -71,10 +75,11 @@ class PolicyActor(DistributedWorker):
 
     @busy
     def weight_buckets(self) -> list:
-        """`object_store`: references to (spec, host flat tensor) per bucket on rank 0; [] elsewhere."""
+        """`object_store`: references to (spec, flat bucket in its wire form, `batray.ppo.wire`) per bucket on
+        rank 0; [] elsewhere."""
         import ray
 
-        refs = [ray.put((spec, flat.cpu())) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
+        refs = [ray.put((spec, to_wire(flat))) for spec, flat in self.trainer.buckets(self._bucket_bytes(), self.rank)
                 if flat is not None]
         self.trainer.sleep()  # the step's last use of the weights
         return refs

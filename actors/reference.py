@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
 from batray.groups import BusyClock, busy
 from batray.models.loading import load_model_and_tokenizer
 from batray.ppo import train
 from batray.ppo.batch import default_device, to_device
+from batray.ppo.wire import from_wire, to_wire
 
 
 class ReferenceActor(BusyClock):
@@ -22,5 +21,7 @@ class ReferenceActor(BusyClock):
         return True
 
     @busy
-    def logprobs(self, batch: dict) -> torch.Tensor:
-        return train.response_logprobs(self.model, to_device(batch, self.device), self.micro_batch_size).cpu()
+    def logprobs(self, batch: dict):
+        """The batch and the log-probabilities cross Ray as numpy arrays (`batray.ppo.wire`)."""
+        batch = to_device(from_wire(batch), self.device)
+        return to_wire(train.response_logprobs(self.model, batch, self.micro_batch_size))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from batray.groups import BusyClock, busy
 from batray.ppo.weight_sync import broadcast, open_broadcast_group, open_cuda, unflatten
+from batray.ppo.wire import from_wire
 from batray.rollout.engine import Completion, SamplingParams, make_engine
 
 
@@ -70,7 +71,7 @@ class RolloutActor(BusyClock):
 
         for ref in bucket_refs:
             spec, flat = ray.get(ref)
-            self.engine.load_weights(unflatten(flat, spec))
+            self.engine.load_weights(unflatten(from_wire(flat), spec))
         self.weights_version = version
 
     def open_sync_group(self, addr: str, port: int, rank: int, world_size: int, backend: str, layout: list,

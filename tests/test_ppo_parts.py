@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
 from batray.ppo.reward import token_fraction_reward
 from batray.ppo.trainer import LocalTrainer
+from batray.ppo.wire import from_wire, to_wire
 
 PAD = 0
 
@@ -35,8 +37,38 @@ def test_collate_layout():
     assert b["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert b["rollout_logprobs"].tolist() == [[-0.5, -0.25, 0.0], [-1.0, -2.0, -3.0]]
     assert b["prompt_index"].tolist() == [0, 3]
+    assert {k: v.dtype for k, v in b.items()} == {
+        "input_ids": torch.long, "attention_mask": torch.long, "position_ids": torch.long, "response_ids": torch.long,
+        "response_mask": torch.float32, "rollout_logprobs": torch.float32, "prompt_index": torch.long}
     # logits at positions 2, 3, 4 predict response tokens 0, 1, 2
     assert response_slice(b) == slice(2, 5)
+
+
+def test_wire_form_round_trips_bit_for_bit_through_read_only_buffers():
+    """What crosses PPO's Ray calls: numpy arrays pickled out of band (pickle 5, as Ray does), read back from
+    read-only buffers (the object store's) into writable tensors of the same dtype, shape and bits."""
+    import pickle
+    import warnings
+
+    batch = collate(_samples(), PAD)
+    tree = {"batch": batch, "blocks": [{"x": torch.randn(2, 3, dtype=torch.bfloat16)}], "scalar": torch.tensor(1.5),
+            "flag": torch.tensor([True, False]), "step": 3}
+    wire = to_wire(tree)
+    assert isinstance(wire["batch"]["input_ids"], np.ndarray) and wire["step"] == 3
+    buffers = []
+    data = pickle.dumps(wire, protocol=5, buffer_callback=buffers.append)
+    assert buffers  # the arrays' bytes went out of band, not through the pickle stream
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a non-writable array instead of copying it
+        back = from_wire(pickle.loads(data, buffers=[memoryview(bytes(b.raw())) for b in buffers]))
+    flat = [(batch[k], back["batch"][k]) for k in batch] + [
+        (tree["blocks"][0]["x"], back["blocks"][0]["x"]), (tree["scalar"], back["scalar"]), (tree["flag"], back["flag"])]
+    for before, after in flat:
+        assert after.dtype == before.dtype and after.shape == before.shape and torch.equal(after, before)
+        after.copy_(before)
+    same_process = from_wire(to_wire(batch))  # no process boundary: still a copy, never the sender's memory
+    same_process["input_ids"][0, 0] = 99
+    assert batch["input_ids"][0, 0] == 5
 
 
 def test_trim_padding_drops_all_pad_columns():

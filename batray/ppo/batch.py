@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 Batch = dict[str, torch.Tensor]
@@ -40,28 +41,31 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
     P = max(len(s.prompt_ids) for s in samples)
     T = max(max(len(s.response_ids) for s in samples), 1)
     B = len(samples)
-    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, P + T), dtype=torch.long)
-    response_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((B, T), dtype=torch.float32)
-    rollout_logprobs = torch.zeros((B, T), dtype=torch.float32)
+    # filled as numpy arrays: a slice assigned from a list is one C loop (a torch.tensor per row made collate
+    # ~9x slower, 2.2 ms for 16 rows, driver time between phases); torch.from_numpy wraps them without a copy
+    input_ids = np.full((B, P + T), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((B, P + T), dtype=np.int64)
+    response_ids = np.full((B, T), pad_id, dtype=np.int64)
+    response_mask = np.zeros((B, T), dtype=np.float32)
+    rollout_logprobs = np.zeros((B, T), dtype=np.float32)
     for i, s in enumerate(samples):
         p, r = len(s.prompt_ids), len(s.response_ids)
-        input_ids[i, P - p : P] = torch.tensor(s.prompt_ids, dtype=torch.long)
+        input_ids[i, P - p : P] = s.prompt_ids
         attention_mask[i, P - p : P + r] = 1
         if r:
-            input_ids[i, P : P + r] = torch.tensor(s.response_ids, dtype=torch.long)
-            response_ids[i, :r] = torch.tensor(s.response_ids, dtype=torch.long)
+            input_ids[i, P : P + r] = s.response_ids
+            response_ids[i, :r] = s.response_ids
             response_mask[i, :r] = 1.0
-            rollout_logprobs[i, :r] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+            rollout_logprobs[i, :r] = s.rollout_logprobs
+    attention_mask = torch.from_numpy(attention_mask)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     return {
-        "input_ids": input_ids,
+        "input_ids": torch.from_numpy(input_ids),
         "attention_mask": attention_mask,
         "position_ids": position_ids,
-        "response_ids": response_ids,
-        "response_mask": response_mask,
-        "rollout_logprobs": rollout_logprobs,
+        "response_ids": torch.from_numpy(response_ids),
+        "response_mask": torch.from_numpy(response_mask),
+        "rollout_logprobs": torch.from_numpy(rollout_logprobs),
         "prompt_index": torch.tensor([s.prompt_index for s in samples], dtype=torch.long),
     }
 

@@ -45,6 +45,7 @@ from batray.ppo.experience import make_experience
 from batray.ppo.roles import PpoRoles
 from batray.ppo.train import num_update_steps
 from batray.ppo.weight_sync import WeightSync, choose_transport
+from batray.ppo.wire import from_wire, to_wire
 from batray.progress import StepProgress
 from batray.rollout.engine import SamplingParams
 from batray.stages.kit import ActorKit
@@ -180,7 +181,7 @@ class Driver:
         reference = launch(self.roles["policy"], "reference_logprobs") if self.ppo.lora is not None \
             else launch(self.roles["reference"], "logprobs")
         refs = [launch(self.roles["policy"], "logprobs"), reference, launch(self.roles["critic"], "values")]
-        flat = ray.get([r for group in refs for r in group], timeout=self.ppo.actor_timeout_s)
+        flat = from_wire(ray.get([r for group in refs for r in group], timeout=self.ppo.actor_timeout_s))
         out, i = [], 0
         for group in refs:
             out.append(torch.cat(flat[i : i + len(group)]))
@@ -195,7 +196,7 @@ class Driver:
         ptx = None
         if self.ptx is not None and self.ppo.ptx_coef > 0:
             k = num_update_steps(self.ppo)
-            ptx = [[self.ptx.next_blocks(self.ppo.ptx_batch_size) for _ in range(k)] for _ in range(len(policy))]
+            ptx = [to_wire([self.ptx.next_blocks(self.ppo.ptx_batch_size) for _ in range(k)]) for _ in range(len(policy))]
         parts = RowParts(experience)  # the config makes both roles' rank counts divide the batch: equal shards
         p_refs = [a.train.remote(ref, ptx[r] if ptx else None, seed)
                   for r, (a, ref) in enumerate(zip(policy.actors, parts.refs(len(policy))))]
@@ -273,8 +274,9 @@ class Driver:
 
 
 class RowParts:
-    """A batch's contiguous row splits, each put in the object store once: roles with the same number of
-    actors (one each, usually) share the same objects instead of serializing the batch per call."""
+    """A batch's contiguous row splits, each put in the object store once (as numpy arrays,
+    `batray.ppo.wire`): roles with the same number of actors (one each, usually) share the same objects
+    instead of serializing the batch per call."""
 
     def __init__(self, batch: dict):
         self.batch, self.n, self._refs = batch, batch["input_ids"].shape[0], {}
@@ -289,7 +291,7 @@ class RowParts:
                 continue
             key = (rows.start, rows.stop)
             if key not in self._refs:
-                self._refs[key] = ray.put(select(self.batch, rows))
+                self._refs[key] = ray.put(to_wire(select(self.batch, rows)))
             out.append(self._refs[key])
         return out
 

@@ -188,9 +188,9 @@ class WeightSync:
     def push(self, version: int) -> None:
         if not self.connected:
             self.reconnect()
-        if self.transport == "object_store":
-            buckets = self.policy.call("weight_buckets", timeout_s=self.timeout_s)[0]
-            refs = [e.load_buckets.remote(buckets, version) for e in self.engines.actors]
+        if self.transport == "object_store":  # rank 0's bucket references go to the engines without the driver
+            refs = self.policy.call_async("weight_buckets")
+            refs += [e.load_buckets.remote(refs[0], version) for e in self.engines.actors]
         elif self.transport == "collective":
             refs = self.policy.call_async("broadcast_weights")
             refs += [e.receive_broadcast.remote(version) for e in self.engines.actors]
