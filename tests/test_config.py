@@ -45,6 +45,7 @@ def test_overrides_are_typed_and_nested():
         (["ppo.rollout_batch_size=10", "ppo.num_minibatches=3"], "ppo"),
         (["ray.num_cpus=1", "ppo.colocate=false", "pretrain.scaling.cpus_per_worker=0.5", "sft.scaling.cpus_per_worker=0.5", "reward.scaling.cpus_per_worker=0.5"], "ppo"),
         (["ray.num_cpus=1", "pretrain.scaling.num_workers=2"], "pretrain.scaling"),
+        (["ray.num_cpus=2", "pretrain.scaling.cpus_per_worker=2"], "pretrain.scaling"),  # none left for Ray Data
         (["pretrain.optim.warmup_steps=500", "pretrain.max_steps=100"], "pretrain"),
     ],
 )

@@ -63,6 +63,13 @@ class RecipeConfig(Schema):
                         f"{stage}.scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPUs "
                         f"need {need:g} CPUs but ray.num_cpus is {cpus}"
                     )
+                # Pretraining streams its corpus through Ray Data, whose read tasks need a CPU the workers
+                # do not hold: with none left the job waits forever ("Cluster resources are not enough").
+                if stage == "pretrain" and need >= cpus:
+                    raise ValueError(
+                        f"pretrain.scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPUs take all "
+                        f"{cpus} CPUs of the local cluster; Ray Data's read tasks need one more (raise ray.num_cpus)"
+                    )
             roles = [getattr(self.ppo, r) for r in ("policy", "critic", "reference", "reward", "rollout")]
             per_role = [r.num_actors * r.num_cpus for r in roles]
             need = max(per_role) if self.ppo.colocate else sum(per_role)
