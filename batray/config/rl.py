@@ -119,6 +119,10 @@ class RewardConfig(TrainConfig, PreferenceColumns):
     )
     held_out_fraction: float = Field(default=0.1, ge=0, lt=1, description="pairs held out for evaluation (by pair_id hash)")
     lora: LoraConfig | None = Field(default=None, description="LoRA adapters (the score head trained in full)")
+    packing: bool = Field(
+        default=False, description="a micro batch's 2B sequences packed whole into fewer rows of its longest "
+        "length (attention kept within each); same rewards as padded rows, fewer rows to compute"
+    )
 
     @model_validator(mode="after")
     def _band_below_margin(self) -> "RewardConfig":

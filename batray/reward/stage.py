@@ -78,7 +78,7 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
         dtype=cfg.model.dtype, parent=init_from, config_hash=cfg.digest(),
         extra_meta={"data": data, "layout": layout, "train_pairs": len(train), "held_out_pairs": len(held),
                     "tie_share": enc_report.counts[0] / max(1, enc_report.total)},
-        lora=rcfg.lora,
+        lora=rcfg.lora, packed=rcfg.packing,
     )
     return fit(task, rcfg, out_dir, datasets=datasets, seed=cfg.seed, recipe=cfg)
 

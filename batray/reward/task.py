@@ -2,7 +2,9 @@
 
 Rows of the training dataset hold one triple each, padded to a fixed width so they batch into
 arrays: `ids_a`, `ids_b` (y and y', right-padded), `len_a`, `len_b`, `d`. `to_device` trims a batch
-to its longest sequence and stacks y over y' into one forward of 2B sequences.
+to its longest sequence and stacks y over y' into one forward of 2B sequences; with `packed`
+(`reward.packing`) it packs those 2B sequences whole into fewer rows of that width
+(`batray.reward.packing`), each attending only to itself, the rewards read at each one's last token.
 
 The model each worker trains is `RewardModule`: the Hugging Face reward model plus, for
 `tie_loss: rao_kupper`, the learned tie threshold; both are computed inside `forward`, so ZeRO-3
@@ -22,6 +24,7 @@ import torch
 
 from batray.objectives.reward import raw_from_theta, reward_loss, theta_from_raw
 from batray.reward.data import EncodedTriple
+from batray.reward.packing import pack_sequences, packed_rewards
 from batray.train.task import TrainTask
 
 # Stats the loop sums over micro batches and workers; `metrics` turns them into means.
@@ -37,8 +40,14 @@ class RewardModule(torch.nn.Module):
         # shape [1], not 0-d: ZeRO partitions and gathers 1-d tensors
         self.tie_raw = None if tie_threshold is None else torch.nn.Parameter(torch.tensor([raw_from_theta(tie_threshold)]))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        rewards = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, ends: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rewards of a padded batch (`attention_mask`), or of packed rows (`position_ids`, `ends`)."""
+        if ends is not None:
+            rewards = packed_rewards(self.model, input_ids, position_ids, ends)
+        else:
+            rewards = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
         theta = None if self.tie_raw is None else theta_from_raw(self.tie_raw.float())[0]
         return rewards, theta
 
@@ -86,6 +95,7 @@ class RewardTask(TrainTask):
     config_hash: str | None = None
     extra_meta: dict = field(default_factory=dict)
     lora: object = None  # a `batray.config.base.LoraConfig`: adapters, the score head trained in full
+    packed: bool = False  # `reward.packing`: a micro batch's 2B sequences packed whole into fewer rows
 
     def build_model(self) -> torch.nn.Module:
         from batray.models.tokenizer import load_tokenizer
@@ -111,14 +121,20 @@ class RewardTask(TrainTask):
         width = int(max(len_a.max(), len_b.max()))
         ids = torch.cat([column("ids_a")[:, :width], column("ids_b")[:, :width]])
         lengths = torch.cat([len_a, len_b])
+        out = {"d": column("d").to(device), "tokens": int(lengths.sum())}
+        if self.packed:
+            return {**out, **{k: v.to(device) for k, v in pack_sequences(ids, lengths, self.pad_id).items()}}
         mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "d": column("d").to(device)}
+        return {**out, "input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["attention_mask"].sum())
+        return batch["tokens"]
 
     def loss(self, model, batch):
-        rewards, theta = model(batch["input_ids"], batch["attention_mask"])
+        if "ends" in batch:
+            rewards, theta = model(batch["input_ids"], position_ids=batch["position_ids"], ends=batch["ends"])
+        else:
+            rewards, theta = model(batch["input_ids"], batch["attention_mask"])
         n = batch["d"].shape[0]
         r_a, r_b, d = rewards[:n], rewards[n:], batch["d"]
         loss, means = reward_loss(r_a, r_b, d, tie_loss=self.tie_loss, margin=self.margin, tau=self.tie_band,
