@@ -61,8 +61,10 @@ class PolicyProbe:
                 return {n.replace(".base_layer", ""): p.detach().clone() for n, p in base.named_parameters()
                         if not p.requires_grad and "lora_" not in n}
 
-        def first(method, *args):  # every rank runs it; rank 0's answer
-            return ray.get([method(a).remote(*args) for a in actors])[0]
+        def first(method, *args):  # every rank runs it; rank 0's answer, back from its wire form (numpy)
+            from batray.ppo.wire import from_wire, to_wire
+
+            return from_wire(ray.get([method(a).remote(*to_wire(args)) for a in actors])[0])
 
         self.seen = {
             "frozen": first(lambda a: a.__ray_call__, frozen),
