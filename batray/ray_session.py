@@ -6,6 +6,7 @@ Ray Data's own output (progress bars, per-dataset execution lines) is off unless
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -15,9 +16,12 @@ from batray.config import RecipeConfig
 def init_ray(cfg: RecipeConfig | None = None, **kwargs):
     """Connect to Ray the usual ways: `ray.address` from config, else RAY_ADDRESS, else a local cluster.
 
-    A local cluster gets explicit CPU/GPU counts from `ray.num_cpus` / `ray.num_gpus` when set. The
-    working directory's packages travel to workers through the job's runtime env (ray job submit) or,
-    locally, because workers inherit this interpreter's sys.path.
+    A local cluster gets explicit CPU/GPU counts from `ray.num_cpus` / `ray.num_gpus` when set, and the
+    web dashboard only with `ray.dashboard: true`. Its workers import batray/actors/jobs from this
+    checkout: the raylet starts with `local_worker_env` in its environment and every worker inherits it,
+    so no runtime env is needed (one with `env_vars` starts each worker through Ray's `setup_worker.py`:
+    one more interpreter and `import ray` per process). On a cluster batray did not start (ray job
+    submit, KubeRay), the job's runtime env (`--working-dir`, `runtimeEnvYAML`) brings the code.
     """
     import ray
 
@@ -26,25 +30,55 @@ def init_ray(cfg: RecipeConfig | None = None, **kwargs):
         return ray
     ray_cfg = cfg.ray if cfg is not None else None
     address = (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
-    init_kwargs = dict(namespace=ray_cfg.namespace if ray_cfg else "batray", log_to_driver=True)
+    init_kwargs = {"namespace": ray_cfg.namespace if ray_cfg else "batray", "log_to_driver": True}
     if address:
         init_kwargs["address"] = address
-    else:
-        init_kwargs["include_dashboard"] = False
-        if ray_cfg and ray_cfg.num_cpus is not None:
-            init_kwargs["num_cpus"] = ray_cfg.num_cpus
-        if ray_cfg and ray_cfg.num_gpus is not None:
-            init_kwargs["num_gpus"] = ray_cfg.num_gpus
-        # Workers must import batray/actors/jobs from a checkout even when not pip-installed.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
-        if not (cfg is not None and cfg.logging.ray_data_progress):
-            env[RAY_DATA_LOGGING_ENV] = RAY_DATA_QUIET_CONFIG
-        init_kwargs["runtime_env"] = {"env_vars": env}
+        init_kwargs.update(kwargs)
+        start_ray(**init_kwargs)
+        return ray
+    init_kwargs.update(local_cluster_kwargs(cfg))
     init_kwargs.update(kwargs)
-    start_ray(**init_kwargs)
+    with environ(local_worker_env(cfg)):
+        start_ray(**init_kwargs)
     return ray
+
+
+def local_cluster_kwargs(cfg: RecipeConfig | None) -> dict:
+    """`ray.init` arguments of a local cluster from the `ray` section: CPUs, GPUs, the dashboard."""
+    ray_cfg = cfg.ray if cfg is not None else None
+    out = {"include_dashboard": bool(ray_cfg and ray_cfg.dashboard)}
+    if ray_cfg and ray_cfg.num_cpus is not None:
+        out["num_cpus"] = ray_cfg.num_cpus
+    if ray_cfg and ray_cfg.num_gpus is not None:
+        out["num_gpus"] = ray_cfg.num_gpus
+    return out
+
+
+def local_worker_env(cfg: RecipeConfig | None) -> dict:
+    """What the workers of a local cluster need in their environment: this checkout on PYTHONPATH
+    (before the caller's), no tokenizers thread pool, and Ray Data's console lines off (unless
+    `logging.ray_data_progress`)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
+    if not (cfg is not None and cfg.logging.ray_data_progress):
+        env[RAY_DATA_LOGGING_ENV] = RAY_DATA_QUIET_CONFIG
+    return env
+
+
+@contextlib.contextmanager
+def environ(env: dict):
+    """`env` in os.environ inside the block (processes started there inherit it), the old values after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"

@@ -1,0 +1,88 @@
+"""`batray.ray_session.init_ray` on a local cluster it starts itself (in a subprocess: the test session
+has its own Ray): workers get the checkout and the environment from the raylet, not from a runtime env,
+the driver's own environment is left as it was, and `ray.dashboard` switches the web dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from batray.config import load_config
+from batray.ray_session import RAY_DATA_LOGGING_ENV, RAY_DATA_QUIET_CONFIG, environ, local_cluster_kwargs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The driver finds batray through sys.path only (no PYTHONPATH, another working directory), so a
+# worker can only import this checkout's batray if init_ray hands it the path.
+DRIVER = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import ray
+from batray.config import load_config
+from batray.ray_session import init_ray
+
+before = dict(os.environ)
+init_ray(load_config(None, sys.argv[2:]))
+
+
+@ray.remote(num_cpus=0)
+def worker_view():
+    import batray
+
+    return {"batray": batray.__file__, "pythonpath": os.environ.get("PYTHONPATH", ""),
+            "tokenizers": os.environ.get("TOKENIZERS_PARALLELISM"),
+            "ray_data": os.environ.get("RAY_DATA_LOGGING_CONFIG")}
+
+
+out = ray.get(worker_view.remote())
+out["job_runtime_env"] = dict(ray.get_runtime_context().runtime_env)
+out["driver_env_kept"] = dict(os.environ) == before
+out["dashboard_url"] = ray._private.worker.get_dashboard_url()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_driver(tmp_path: Path, *overrides: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", RAY_DATA_LOGGING_ENV, "TOKENIZERS_PARALLELISM") and not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), "ray.num_cpus=1", *overrides], check=False,
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_and_the_dashboard_on_request(tmp_path):
+    out = run_driver(tmp_path, "ray.dashboard=true")
+    assert Path(out["batray"]).resolve().is_relative_to(ROOT), out
+    assert out["pythonpath"].split(os.pathsep)[0] == str(ROOT)
+    assert out["tokenizers"] == "false"
+    assert out["ray_data"] == RAY_DATA_QUIET_CONFIG
+    # No runtime env: Ray starts workers directly, not through setup_worker.py.
+    assert not out["job_runtime_env"], out["job_runtime_env"]
+    assert out["driver_env_kept"]
+    with urllib.request.urlopen(f"http://{out['dashboard_url']}/", timeout=30) as page:
+        assert page.status == 200 and b"<html" in page.read(2000).lower()
+
+
+def test_the_local_cluster_arguments_follow_the_ray_section():
+    assert local_cluster_kwargs(load_config(None, [])) == {"include_dashboard": False}
+    assert local_cluster_kwargs(None) == {"include_dashboard": False}
+    cfg = load_config(None, ["ray.num_cpus=3", "ray.num_gpus=0", "ray.dashboard=true"])
+    assert local_cluster_kwargs(cfg) == {"include_dashboard": True, "num_cpus": 3, "num_gpus": 0}
+
+
+def test_environ_sets_inside_and_restores_after(monkeypatch):
+    monkeypatch.setenv("BATRAY_TEST_KEPT", "old")
+    monkeypatch.delenv("BATRAY_TEST_NEW", raising=False)
+    try:
+        with environ({"BATRAY_TEST_KEPT": "new", "BATRAY_TEST_NEW": "1"}):
+            assert os.environ["BATRAY_TEST_KEPT"] == "new" and os.environ["BATRAY_TEST_NEW"] == "1"
+            raise RuntimeError("the block fails")
+    except RuntimeError:
+        pass
+    assert os.environ["BATRAY_TEST_KEPT"] == "old" and "BATRAY_TEST_NEW" not in os.environ
