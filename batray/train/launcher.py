@@ -45,7 +45,9 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     """
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from batray.train.backend import TorchProcessGroup
 
     if "://" in out_dir:
         raise BatrayError(f"{task.stage}: out_dir {out_dir!r}: training writes its folder locally (or on a shared mount)")
@@ -83,7 +85,7 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=600),
+        torch_config=TorchProcessGroup(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=600),
         run_config=RunConfig(
             storage_path=str(out),
             name=RAY_RUN_NAME,
