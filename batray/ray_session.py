@@ -56,11 +56,14 @@ def local_cluster_kwargs(cfg: RecipeConfig | None) -> dict:
 
 def local_worker_env(cfg: RecipeConfig | None) -> dict:
     """What the workers of a local cluster need in their environment: this checkout on PYTHONPATH
-    (before the caller's), no tokenizers thread pool, and Ray Data's console lines off (unless
-    `logging.ray_data_progress`)."""
+    (before the caller's), no tokenizers thread pool, Ray Data's console lines off (unless
+    `logging.ray_data_progress`), and no Ray Train preemption watcher unless the caller's environment
+    asks for one: it watches for nodes an autoscaler drains, which a local cluster does not have, and
+    it is one more actor process per training launch, starting beside the training worker."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
+    env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false",
+           PREEMPTION_WATCHER_ENV: os.environ.get(PREEMPTION_WATCHER_ENV, "0")}
     if not (cfg is not None and cfg.logging.ray_data_progress):
         env[RAY_DATA_LOGGING_ENV] = RAY_DATA_QUIET_CONFIG
     return env
@@ -81,6 +84,7 @@ def environ(env: dict):
                 os.environ[k] = v
 
 
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # ray.train.v2._internal.constants
 RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
 RAY_DATA_QUIET_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_data_logging.yaml")
 

@@ -35,7 +35,8 @@ def worker_view():
 
     return {"batray": batray.__file__, "pythonpath": os.environ.get("PYTHONPATH", ""),
             "tokenizers": os.environ.get("TOKENIZERS_PARALLELISM"),
-            "ray_data": os.environ.get("RAY_DATA_LOGGING_CONFIG")}
+            "ray_data": os.environ.get("RAY_DATA_LOGGING_CONFIG"),
+            "preemption_watcher": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
 
 
 out = ray.get(worker_view.remote())
@@ -62,6 +63,7 @@ def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_an
     assert out["pythonpath"].split(os.pathsep)[0] == str(ROOT)
     assert out["tokenizers"] == "false"
     assert out["ray_data"] == RAY_DATA_QUIET_CONFIG
+    assert out["preemption_watcher"] == "0"  # Ray Train's: no drained nodes on a local cluster
     # No runtime env: Ray starts workers directly, not through setup_worker.py.
     assert not out["job_runtime_env"], out["job_runtime_env"]
     assert out["driver_env_kept"]
