@@ -1,6 +1,7 @@
 """`batray.ray_session.init_ray` on a local cluster it starts itself (in a subprocess: the test session
 has its own Ray): workers get the checkout and the environment from the raylet, not from a runtime env,
-the driver's own environment is left as it was, and `ray.dashboard` switches the web dashboard."""
+the driver's own environment is left as it was, and `ray.dashboard` switches the web dashboard; the same when the cluster
+was started in the background (`start_ray_early`, as `run_stage` does) while the driver went on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from batray.config import load_config
 from batray.ray_session import RAY_DATA_LOGGING_ENV, RAY_DATA_QUIET_CONFIG, environ, local_cluster_kwargs
@@ -23,10 +26,14 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import ray
 from batray.config import load_config
-from batray.ray_session import init_ray
+from batray.ray_session import init_ray, start_ray_early
 
 before = dict(os.environ)
-init_ray(load_config(None, sys.argv[2:]))
+cfg = load_config(None, sys.argv[3:])
+if sys.argv[2] == "early":  # as `run_stage` does: the cluster starts while this thread goes on
+    start_ray_early(cfg)
+    import torch  # noqa: F401 - work of the command's own (the tiny model's imports) meanwhile
+init_ray(cfg)
 
 
 @ray.remote(num_cpus=0)
@@ -43,22 +50,29 @@ out = ray.get(worker_view.remote())
 out["job_runtime_env"] = dict(ray.get_runtime_context().runtime_env)
 out["driver_env_kept"] = dict(os.environ) == before
 out["dashboard_url"] = ray._private.worker.get_dashboard_url()
+try:  # Ray Train's autoscaling coordinator, made ahead of the first launch by the early start
+    ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    out["coordinator"] = True
+except ValueError:
+    out["coordinator"] = False
 print("RESULT " + json.dumps(out))
 """
 
 
-def run_driver(tmp_path: Path, *overrides: str) -> dict:
+def run_driver(tmp_path: Path, mode: str, *overrides: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", RAY_DATA_LOGGING_ENV, "TOKENIZERS_PARALLELISM") and not k.startswith("RAY_")}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), "ray.num_cpus=1", *overrides], check=False,
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), mode, "ray.num_cpus=1", *overrides], check=False,
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
-def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_and_the_dashboard_on_request(tmp_path):
-    out = run_driver(tmp_path, "ray.dashboard=true")
+@pytest.mark.parametrize("mode", ["early", "init"])
+def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_and_the_dashboard_on_request(
+        tmp_path, mode):
+    out = run_driver(tmp_path, mode, "ray.dashboard=true")
     assert Path(out["batray"]).resolve().is_relative_to(ROOT), out
     assert out["pythonpath"].split(os.pathsep)[0] == str(ROOT)
     assert out["tokenizers"] == "false"
@@ -67,6 +81,7 @@ def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_an
     # No runtime env: Ray starts workers directly, not through setup_worker.py.
     assert not out["job_runtime_env"], out["job_runtime_env"]
     assert out["driver_env_kept"]
+    assert out["coordinator"] == (mode == "early")
     with urllib.request.urlopen(f"http://{out['dashboard_url']}/", timeout=30) as page:
         assert page.status == 200 and b"<html" in page.read(2000).lower()
 
