@@ -48,7 +48,8 @@ def worker_view():
 
 out = ray.get(worker_view.remote())
 out["job_runtime_env"] = dict(ray.get_runtime_context().runtime_env)
-out["driver_env_kept"] = dict(os.environ) == before
+ours = ("PYTHONPATH", "TOKENIZERS_PARALLELISM", "RAY_DATA_LOGGING_CONFIG", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+out["driver_env_kept"] = {k: os.environ.get(k) for k in ours} == {k: before.get(k) for k in ours}
 out["dashboard_url"] = ray._private.worker.get_dashboard_url()
 try:  # Ray Train's autoscaling coordinator, made ahead of the first launch by the early start
     ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
