@@ -77,16 +77,22 @@ def start_ray_early(cfg: RecipeConfig | None) -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
     logging.getLogger("ray._private.worker").addFilter(_not_main_thread_notice)
 
+    started = threading.Event()
+
     def start() -> None:
         try:
             start_ray(**kwargs)
             prestart_train_coordinator()
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits for the start
             _early["error"] = e
+        finally:
+            started.set()
+        # Ray's processes die with the *thread* that started them (PR_SET_PDEATHSIG), so this one stays,
+        # parked, for the life of the process (a daemon: it does not hold the exit up).
+        threading.Event().wait()
 
-    thread = threading.Thread(target=start, name="batray-ray-start", daemon=True)
-    _early.update(thread=thread, env=env, error=None)
-    thread.start()
+    _early.update(started=started, env=env, error=None)
+    threading.Thread(target=start, name="batray-ray-start", daemon=True).start()
 
 
 def prestart_train_coordinator() -> None:
@@ -108,7 +114,7 @@ def finish_early_start() -> None:
     the start's error if it failed."""
     if not _early:
         return
-    _early["thread"].join()
+    _early["started"].wait()
     _early["env"].close()
     logging.getLogger("ray._private.worker").removeFilter(_not_main_thread_notice)
     error = _early["error"]
