@@ -6,8 +6,12 @@ Ray Data's own output (progress bars, per-dataset execution lines) is off unless
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
 
 from batray.config import RecipeConfig
 
@@ -15,38 +19,157 @@ from batray.config import RecipeConfig
 def init_ray(cfg: RecipeConfig | None = None, **kwargs):
     """Connect to Ray the usual ways: `ray.address` from config, else RAY_ADDRESS, else a local cluster.
 
-    A local cluster gets explicit CPU/GPU counts from `ray.num_cpus` / `ray.num_gpus` when set. The
-    working directory's packages travel to workers through the job's runtime env (ray job submit) or,
-    locally, because workers inherit this interpreter's sys.path.
+    A local cluster gets explicit CPU/GPU counts from `ray.num_cpus` / `ray.num_gpus` when set, and the
+    web dashboard only with `ray.dashboard: true`. Its workers import batray/actors/jobs from this
+    checkout: the raylet starts with `local_worker_env` in its environment and every worker inherits it,
+    so no runtime env is needed (one with `env_vars` starts each worker through Ray's `setup_worker.py`:
+    one more interpreter and `import ray` per process). On a cluster batray did not start (ray job
+    submit, KubeRay), the job's runtime env (`--working-dir`, `runtimeEnvYAML`) brings the code.
     """
     import ray
 
     ray_data_output(cfg.logging if cfg is not None else None)
+    finish_early_start()
     if ray.is_initialized():
         return ray
-    ray_cfg = cfg.ray if cfg is not None else None
-    address = (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
-    init_kwargs = dict(namespace=ray_cfg.namespace if ray_cfg else "batray", log_to_driver=True)
+    address = cluster_address(cfg)
+    init_kwargs = {"namespace": cfg.ray.namespace if cfg is not None else "batray", "log_to_driver": True}
     if address:
         init_kwargs["address"] = address
-    else:
-        init_kwargs["include_dashboard"] = False
-        if ray_cfg and ray_cfg.num_cpus is not None:
-            init_kwargs["num_cpus"] = ray_cfg.num_cpus
-        if ray_cfg and ray_cfg.num_gpus is not None:
-            init_kwargs["num_gpus"] = ray_cfg.num_gpus
-        # Workers must import batray/actors/jobs from a checkout even when not pip-installed.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
-        if not (cfg is not None and cfg.logging.ray_data_progress):
-            env[RAY_DATA_LOGGING_ENV] = RAY_DATA_QUIET_CONFIG
-        init_kwargs["runtime_env"] = {"env_vars": env}
+        init_kwargs.update(kwargs)
+        start_ray(**init_kwargs)
+        return ray
+    init_kwargs.update(local_cluster_kwargs(cfg))
     init_kwargs.update(kwargs)
-    start_ray(**init_kwargs)
+    with environ(local_worker_env(cfg)):
+        start_ray(**init_kwargs)
     return ray
 
 
+def cluster_address(cfg: RecipeConfig | None) -> str | None:
+    """The cluster to join (`ray.address`, else RAY_ADDRESS); None: start a local one."""
+    return (cfg.ray.address if cfg is not None else None) or os.environ.get("RAY_ADDRESS")
+
+
+_early: dict = {}  # the local cluster being started in the background: thread, error, env to restore
+
+
+def start_ray_early(cfg: RecipeConfig | None) -> None:
+    """Start the local cluster `init_ray(cfg)` would start, in a background thread, so that its processes
+    (GCS, raylet, dashboard head, agents: each a Python process importing ray) start while the command
+    imports torch and reads and tokenizes its data; `init_ray` then waits for it (`finish_early_start`).
+    For a Ray Train stage (`batray.stages.run_stage`): Ray Train's autoscaling coordinator starts with it.
+
+    Nothing happens when Ray is up or the config joins a running cluster (connecting is quick). The
+    environment the workers inherit (`local_worker_env`) is set here, in the calling thread (setting
+    the environment while another thread reads it is unsafe in C), and restored when the start is
+    finished; and SIGTERM exits the process, as `ray.init` arranges when called from the main thread.
+    """
+    import ray
+
+    if _early or ray.is_initialized() or cluster_address(cfg):
+        return
+    kwargs = {"namespace": cfg.ray.namespace if cfg is not None else "batray", "log_to_driver": True,
+              **local_cluster_kwargs(cfg)}
+    env = contextlib.ExitStack()
+    env.enter_context(environ(local_worker_env(cfg)))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    logging.getLogger("ray._private.worker").addFilter(_not_main_thread_notice)
+
+    started = threading.Event()
+
+    def start() -> None:
+        try:
+            start_ray(**kwargs)
+            prestart_train_coordinator()
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that waits for the start
+            _early["error"] = e
+        finally:
+            started.set()
+        # Ray's processes die with the *thread* that started them (PR_SET_PDEATHSIG), so this one stays,
+        # parked, for the life of the process (a daemon: it does not hold the exit up).
+        threading.Event().wait()
+
+    _early.update(started=started, env=env, error=None)
+    threading.Thread(target=start, name="batray-ray-start", daemon=True).start()
+
+
+def prestart_train_coordinator() -> None:
+    """Create the cluster's autoscaling coordinator, which Ray Train's controller otherwise creates and
+    waits for at its first launch on a cluster (a detached named actor: one more process and `import
+    ray.data`, ~2.5 s on 2 busy cores, before the training workers are placed). Made now, its process
+    starts while the command does its own work, and the controller finds it (`get_if_exists`)."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # another Ray version: the controller creates it, as without this
+        return
+    get_or_create_autoscaling_coordinator()
+
+
+def finish_early_start() -> None:
+    """Wait for `start_ray_early`'s cluster (if one is starting), restore the environment, and raise
+    the start's error if it failed."""
+    if not _early:
+        return
+    _early["started"].wait()
+    _early["env"].close()
+    logging.getLogger("ray._private.worker").removeFilter(_not_main_thread_notice)
+    error = _early["error"]
+    _early.clear()
+    if error is not None:
+        raise error
+
+
+def _not_main_thread_notice(record: logging.LogRecord) -> bool:
+    """Drop `ray.init`'s notice that it set no SIGTERM handler off the main thread (`start_ray_early` did)."""
+    return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+def local_cluster_kwargs(cfg: RecipeConfig | None) -> dict:
+    """`ray.init` arguments of a local cluster from the `ray` section: CPUs, GPUs, the dashboard."""
+    ray_cfg = cfg.ray if cfg is not None else None
+    out = {"include_dashboard": bool(ray_cfg and ray_cfg.dashboard)}
+    if ray_cfg and ray_cfg.num_cpus is not None:
+        out["num_cpus"] = ray_cfg.num_cpus
+    if ray_cfg and ray_cfg.num_gpus is not None:
+        out["num_gpus"] = ray_cfg.num_gpus
+    return out
+
+
+def local_worker_env(cfg: RecipeConfig | None) -> dict:
+    """What the workers of a local cluster need in their environment: this checkout on PYTHONPATH
+    (before the caller's), no tokenizers thread pool, Ray Data's console lines off (unless
+    `logging.ray_data_progress`), and no Ray Train preemption watcher unless the caller's environment
+    asks for one: it watches for nodes an autoscaler drains, which a local cluster does not have, and
+    it is one more actor process per training launch, starting beside the training worker."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false",
+           PREEMPTION_WATCHER_ENV: os.environ.get(PREEMPTION_WATCHER_ENV, "0")}
+    if not (cfg is not None and cfg.logging.ray_data_progress):
+        env[RAY_DATA_LOGGING_ENV] = RAY_DATA_QUIET_CONFIG
+    return env
+
+
+@contextlib.contextmanager
+def environ(env: dict):
+    """`env` in os.environ inside the block (processes started there inherit it), the old values after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # ray.train.v2._internal.constants
 RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
 RAY_DATA_QUIET_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_data_logging.yaml")
 

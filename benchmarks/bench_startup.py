@@ -10,6 +10,11 @@ world's preference rows), so each stage starts from a real checkpoint, as in `ba
     python benchmarks/bench_startup.py [--repeats 1] [--stages pretrain sft reward]
 
 Prints a table and the ratio of each stage to the floor; the target is <= 2x.
+
+`--recipe`: instead, one `batray run` of the Ray Train stages of the tiny recipe with one or two steps
+each (grow: stage_0, stage_1 and the from-scratch comparison; sft; reward: five Ray Train launches on
+one local cluster, as `make run` does them), its whole time and each stage's seconds from
+`run_state.json`: what the per-launch start-up costs the main job.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ STAGE_ARGS = {
                "reward.data={run}/data/preferences.jsonl"],
 }
 
+
+RECIPE_ARGS = ["--no-report", "stages=[data,grow,sft,reward]", "grow.steps_per_phase=1", "pretrain.log_every=1",
+               "pretrain.ckpt_every=1000", "pretrain.optim.warmup_steps=0", *STAGE_ARGS["sft"][:4],
+               *STAGE_ARGS["reward"][:5], "reward.data={run}/data/preferences.jsonl"]
 
 TRACE: Path | None = None  # --trace: every process of a stage logs its start and heavy imports here
 
@@ -94,6 +103,19 @@ def stage(name: str, run: Path, extra: list[str], log: Path) -> tuple[float, flo
     return first["time"] - spawned, total
 
 
+def recipe(run: Path, extra: list[str], log: Path) -> tuple[float, dict]:
+    """(seconds of the whole `batray run` process, {stage: seconds}) of the Ray Train stages, one step each."""
+    args = [a.format(run=run) for a in RECIPE_ARGS] + extra
+    cmd = [sys.executable, "-m", "batray.cli", "run", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--run-dir", str(run), "ray.num_cpus=2", *args]
+    spawned = time.time()
+    with log.open("w") as f:
+        subprocess.run(cmd, env=env(), stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    total = time.time() - spawned
+    state = json.loads((run / "run_state.json").read_text())
+    return total, {name: entry["seconds"] for name, entry in state["stages"].items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
@@ -101,6 +123,7 @@ def main() -> int:
     ap.add_argument("--keep", default=None, help="keep run folders and logs here")
     ap.add_argument("--root", default=None, help="run the stages of this checkout (default: this one)")
     ap.add_argument("--trace", action="store_true", help="log every process's start and heavy imports, print them")
+    ap.add_argument("--recipe", action="store_true", help="one `batray run` of the Ray Train stages, 1 step each")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every stage")
     args = ap.parse_args()
     global TRACE, ROOT
@@ -112,6 +135,13 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     if args.trace:
         TRACE = base / "trace.log"
+    if args.recipe:
+        for r in range(args.repeats):
+            total, stages = recipe(base / f"recipe{r}", args.overrides, base / f"recipe{r}.log")
+            print(f"batray run (Ray Train stages, 1 step each): {total:.1f} s; "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()), flush=True)
+        print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; stages from {ROOT}")
+        return 0
     for r in range(args.repeats):
         floors.append(floor())
         print(f"floor: {floors[-1]:.1f} s", flush=True)

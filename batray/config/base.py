@@ -37,6 +37,7 @@ class RayConfig(Schema):
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster")
     num_gpus: int | None = Field(default=None, ge=0, description="GPUs of a local cluster")
+    dashboard: bool = Field(default=False, description="a local cluster's web dashboard (its full set of modules)")
     namespace: str = "batray"
 
 

@@ -72,6 +72,7 @@ register(Stage(
     (CORPUS, Input("init", ("pretrain.init_from", "model.path"), lambda cfg, _: Resolved(None, f"from scratch ({cfg.model.preset})"),
                    kind="checkpoint", optional=True)),
     _final, run_pretrain_stage,
+    ray_train=True,
 ))
 
 
@@ -87,6 +88,7 @@ register(Stage(
     "grow", "Alg. 1", "train shallow, stack, train again, until full depth (and an optional width step)",
     (CORPUS,), _final, run_grow_stage,
     done=lambda outputs: is_complete(outputs["model"]) and (Path(outputs["model"]).parent / "summary.json").is_file(),
+    ray_train=True,
 ))
 
 
@@ -118,6 +120,7 @@ register(Stage(
     (Input("model", ("sft.init_from",), latest_model(MODELS_BEFORE_SFT), kind="checkpoint"),
      Input("data", ("sft.data", "data.sft"), demo_file("sft.jsonl"))),
     _final, run_sft_stage,
+    ray_train=True,
 ))
 
 
@@ -210,6 +213,7 @@ register(Stage(
     (Input("model", ("reward.init_from",), latest_model(MODELS_AFTER_SFT), kind="checkpoint"),
      Input("data", ("reward.data",), output_of("prefs", "preferences"))),
     _final, run_reward_stage,
+    ray_train=True,
 ))
 
 

@@ -71,6 +71,7 @@ class Stage:
     outputs: Callable[[RecipeConfig, str], dict[str, str]]  # (cfg, out_dir) -> {name: path}
     run: Callable[["StageCall"], dict]  # returns a summary for the run state and the report
     done: Callable[[dict[str, str]], bool] | None = None  # from the outputs; default: all present/complete
+    ray_train: bool = False  # it trains on Ray Train: `run_stage` starts a local cluster in the background first
 
 
 @dataclass

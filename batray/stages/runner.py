@@ -34,7 +34,16 @@ def run_stage(cfg: RecipeConfig, name: str, kit: ActorKit, *, out_dir: str | Non
             log.info("%s: no data configured: generating the demo world into %s", name, data.out_dir)
             data.stage.run(StageCall(cfg, data, kit))
     check_inputs(plan)
-    summary = plan.stage.run(StageCall(cfg, plan, kit)) or {}
+    if plan.stage.ray_train and plan.status != "done":
+        from batray.ray_session import start_ray_early
+
+        start_ray_early(cfg)  # a local cluster's processes start while the stage reads its data
+    try:
+        summary = plan.stage.run(StageCall(cfg, plan, kit)) or {}
+    finally:
+        from batray.ray_session import finish_early_start
+
+        finish_early_start()  # a stage that stopped before `init_ray`: the start is waited for, the env restored
     return StageResult(resolve(cfg, name, out_dir=out_dir), summary)
 
 

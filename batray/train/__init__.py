@@ -57,12 +57,25 @@ Backends: CPU runs gloo with `torch.optim.AdamW` handed to `deepspeed.initialize
 with bf16 when `deepspeed.bf16` is true.
 """
 
-from batray.train.engine import build_engine, deepspeed_config, lr_factor
-from batray.train.launcher import TrainingFailed, fit
-from batray.train.lm_data import corpus_blocks, pad_sft_sample
-from batray.train.task import CausalLMTask, ModelSource, Objective, TrainTask
+import importlib
+
+# Imported on first use (PEP 562): a process that needs one light module of this package (a Ray Data
+# task running `lm_data.corpus_blocks`, the `monitor.ProgressChannel` actor) does not import torch,
+# DeepSpeed and Ray Train for the rest.
+_EXPORTS = {
+    "build_engine": "engine", "deepspeed_config": "engine", "lr_factor": "engine",
+    "TrainingFailed": "launcher", "fit": "launcher",
+    "corpus_blocks": "lm_data", "pad_sft_sample": "lm_data",
+    "CausalLMTask": "task", "ModelSource": "task", "Objective": "task", "TrainTask": "task",
+}
 
 __all__ = [
     "CausalLMTask", "ModelSource", "Objective", "TrainTask", "TrainingFailed", "build_engine", "corpus_blocks",
     "deepspeed_config", "fit", "lr_factor", "pad_sft_sample",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

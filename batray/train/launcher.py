@@ -43,9 +43,12 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     previous run left checkpoints there. recipe: the whole resolved `RecipeConfig`; its `logging`
     section chooses the trackers (which get the whole config as parameters) and the progress display.
     """
+    import ray
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from batray.train.backend import TorchProcessGroup
 
     if "://" in out_dir:
         raise BatrayError(f"{task.stage}: out_dir {out_dir!r}: training writes its folder locally (or on a shared mount)")
@@ -80,10 +83,12 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
                   tensorboard=logging_cfg is None or "tensorboard" in logging_cfg.report_to)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"job": job},
+        # By reference: Ray Train's controller unpickles `train_loop_config`, and the job's classes would
+        # make it import torch and transformers (seconds before the workers start); the workers `ray.get` it.
+        train_loop_config={"job": ray.put(job)},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=600),
+        torch_config=TorchProcessGroup(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=600),
         run_config=RunConfig(
             storage_path=str(out),
             name=RAY_RUN_NAME,

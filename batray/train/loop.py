@@ -40,7 +40,7 @@ STATE_FILE = "train_state.json"
 
 @dataclass
 class JobSpec:
-    """Everything a worker needs, pickled into `train_loop_config`."""
+    """Everything a worker needs; `train_loop_config["job"]` is its object-store reference."""
 
     task: TrainTask
     train: TrainConfig
@@ -63,10 +63,11 @@ class TrainState:
 
 
 def train_loop(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
-    job: JobSpec = config["job"]
+    job: JobSpec = ray.get(config["job"])
     task, tc = job.task, job.train
     hooks.install(job.hooks)
     ctx = ray.train.get_context()

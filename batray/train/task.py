@@ -5,7 +5,8 @@ Data shard) turns into a loss, how additive stats become logged metrics, and how
 saved. Everything else (DeepSpeed, schedule, accumulation, clipping, data position, checkpoints,
 resume, metrics files) is the loop's job (`batray.train.loop`).
 
-Tasks are pickled into `train_loop_config`, so they hold plain data (paths, dicts), never models.
+Tasks are pickled into the job every worker receives (`batray.train.loop.JobSpec`), so they hold plain data
+(paths, dicts), never models.
 """
 
 from __future__ import annotations
