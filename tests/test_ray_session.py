@@ -65,7 +65,7 @@ print("RESULT " + json.dumps(out))
 def run_driver(tmp_path: Path, mode: str, *overrides: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", RAY_DATA_LOGGING_ENV, "TOKENIZERS_PARALLELISM") and not k.startswith("RAY_")}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), mode, "ray.num_cpus=1", *overrides], check=False,
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), mode, "ray.num_cpus=2", *overrides], check=False,
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
