@@ -88,7 +88,7 @@ def stage(name: str, run: Path, extra: list[str], log: Path) -> tuple[float, flo
     """(seconds to the first step, seconds of the whole process) of `batray NAME` in a fresh process."""
     args = [a.format(run=run) for a in STAGE_ARGS[name]] + extra
     cmd = [sys.executable, "-m", "batray.cli", name, "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--run-dir", str(run), "ray.num_cpus=2", *args]
+           "--run-dir", str(run), *args]  # the local cluster of tiny.yaml (ray.num_cpus)
     if TRACE is not None:
         TRACE.write_text("")
     spawned = time.time()
@@ -107,7 +107,7 @@ def recipe(run: Path, extra: list[str], log: Path) -> tuple[float, dict]:
     """(seconds of the whole `batray run` process, {stage: seconds}) of the Ray Train stages, one step each."""
     args = [a.format(run=run) for a in RECIPE_ARGS] + extra
     cmd = [sys.executable, "-m", "batray.cli", "run", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--run-dir", str(run), "ray.num_cpus=2", *args]
+           "--run-dir", str(run), *args]  # the local cluster of tiny.yaml (ray.num_cpus)
     spawned = time.time()
     with log.open("w") as f:
         subprocess.run(cmd, env=env(), stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
