@@ -33,17 +33,17 @@ def init_ray(cfg: RecipeConfig | None = None, **kwargs):
     if ray.is_initialized():
         return ray
     address = cluster_address(cfg)
-    init_kwargs = {"namespace": cfg.ray.namespace if cfg is not None else "batray", "log_to_driver": True}
     if address:
-        init_kwargs["address"] = address
-        init_kwargs.update(kwargs)
-        start_ray(**init_kwargs)
+        start_ray(**{**_init_kwargs(cfg), "address": address, **kwargs})
         return ray
-    init_kwargs.update(local_cluster_kwargs(cfg))
-    init_kwargs.update(kwargs)
     with environ(local_worker_env(cfg)):
-        start_ray(**init_kwargs)
+        start_ray(**{**_init_kwargs(cfg), **local_cluster_kwargs(cfg), **kwargs})
     return ray
+
+
+def _init_kwargs(cfg: RecipeConfig | None) -> dict:
+    """The `ray.init` arguments of every start, local or joining."""
+    return {"namespace": cfg.ray.namespace if cfg is not None else "batray", "log_to_driver": True}
 
 
 def cluster_address(cfg: RecipeConfig | None) -> str | None:
@@ -69,8 +69,7 @@ def start_ray_early(cfg: RecipeConfig | None) -> None:
 
     if _early or ray.is_initialized() or cluster_address(cfg):
         return
-    kwargs = {"namespace": cfg.ray.namespace if cfg is not None else "batray", "log_to_driver": True,
-              **local_cluster_kwargs(cfg)}
+    kwargs = {**_init_kwargs(cfg), **local_cluster_kwargs(cfg)}
     env = contextlib.ExitStack()
     env.enter_context(environ(local_worker_env(cfg)))
     if threading.current_thread() is threading.main_thread():
@@ -210,7 +209,7 @@ def start_ray(attempts: int = 3, **init_kwargs) -> None:
         try:
             ray.init(**init_kwargs)
             return
-        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
+        except Exception as e:
             if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":
                 raise
             logging.getLogger("batray").warning("local Ray timed out at startup (busy machine); retry %d", attempt)

@@ -84,17 +84,21 @@ def floor() -> float:
     return float(out.stdout.strip().splitlines()[-1]) - spawned
 
 
-def stage(name: str, run: Path, extra: list[str], log: Path) -> tuple[float, float]:
-    """(seconds to the first step, seconds of the whole process) of `batray NAME` in a fresh process."""
-    args = [a.format(run=run) for a in STAGE_ARGS[name]] + extra
-    cmd = [sys.executable, "-m", "batray.cli", name, "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--run-dir", str(run), *args]  # the local cluster of tiny.yaml (ray.num_cpus)
-    if TRACE is not None:
-        TRACE.write_text("")
+def run_cli(command: str, run: Path, args: list[str], log: Path) -> tuple[float, float]:
+    """(spawn time, seconds of the whole process) of `batray COMMAND` on tiny.yaml (its local cluster, ray.num_cpus)."""
+    cmd = [sys.executable, "-m", "batray.cli", command, "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--run-dir", str(run), *args]
     spawned = time.time()
     with log.open("w") as f:
         subprocess.run(cmd, env=env(), stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
-    total = time.time() - spawned
+    return spawned, time.time() - spawned
+
+
+def stage(name: str, run: Path, extra: list[str], log: Path) -> tuple[float, float]:
+    """(seconds to the first step, seconds of the whole process) of `batray NAME` in a fresh process."""
+    if TRACE is not None:
+        TRACE.write_text("")
+    spawned, total = run_cli(name, run, [a.format(run=run) for a in STAGE_ARGS[name]] + extra, log)
     first = json.loads((run / name / "metrics.jsonl").read_text().splitlines()[0])
     if TRACE is not None:
         print(f"== {name}")
@@ -105,13 +109,7 @@ def stage(name: str, run: Path, extra: list[str], log: Path) -> tuple[float, flo
 
 def recipe(run: Path, extra: list[str], log: Path) -> tuple[float, dict]:
     """(seconds of the whole `batray run` process, {stage: seconds}) of the Ray Train stages, one step each."""
-    args = [a.format(run=run) for a in RECIPE_ARGS] + extra
-    cmd = [sys.executable, "-m", "batray.cli", "run", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--run-dir", str(run), *args]  # the local cluster of tiny.yaml (ray.num_cpus)
-    spawned = time.time()
-    with log.open("w") as f:
-        subprocess.run(cmd, env=env(), stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
-    total = time.time() - spawned
+    _, total = run_cli("run", run, [a.format(run=run) for a in RECIPE_ARGS] + extra, log)
     state = json.loads((run / "run_state.json").read_text())
     return total, {name: entry["seconds"] for name, entry in state["stages"].items()}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from batray.config import RecipeConfig, dump_config
 from batray.errors import BatrayError
+from batray.ray_session import finish_early_start, start_ray_early
 from batray.stages.kit import ActorKit
 from batray.stages.registry import StageCall, StagePlan, StageResult, check_inputs, resolve
 from batray.trackers import check_trackers, in_run_group
@@ -35,14 +36,10 @@ def run_stage(cfg: RecipeConfig, name: str, kit: ActorKit, *, out_dir: str | Non
             data.stage.run(StageCall(cfg, data, kit))
     check_inputs(plan)
     if plan.stage.ray_train and plan.status != "done":
-        from batray.ray_session import start_ray_early
-
         start_ray_early(cfg)  # a local cluster's processes start while the stage reads its data
     try:
         summary = plan.stage.run(StageCall(cfg, plan, kit)) or {}
     finally:
-        from batray.ray_session import finish_early_start
-
         finish_early_start()  # a stage that stopped before `init_ray`: the start is waited for, the env restored
     return StageResult(resolve(cfg, name, out_dir=out_dir), summary)
 
