@@ -37,7 +37,7 @@ import torch.distributed as dist
 from batray.config.rl import PpoConfig
 from batray.distributed import wait_collective
 from batray.ppo.weight_sync import BucketSpec, bucket_layout, flatten
-from batray.train.engine import deepspeed_json
+from batray.train.engine import deepspeed_json, import_deepspeed
 
 ENGINE_DIR = "deepspeed"  # DeepSpeed's own checkpoint (model + per-rank optimizer partitions) in a role folder
 ENGINE_TAG = "engine"
@@ -55,8 +55,7 @@ class DeepSpeedTrainer:
     def __init__(self, model: torch.nn.Module, *, lr: float, cfg: PpoConfig, world_size: int):
         import warnings
 
-        import deepspeed
-
+        deepspeed = import_deepspeed()
         # DeepSpeed still calls the torch.distributed names torch 2.13 deprecates, once per collective.
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\..* is deprecated")
         self.zero_stage = cfg.deepspeed.zero_stage

@@ -73,9 +73,26 @@ def deepspeed_json(ds: DeepSpeedConfig, *, micro_batch_size: int, grad_accum_ste
     return config
 
 
+def import_deepspeed():
+    """`deepspeed`, with its CPU shared-memory all-reduce op switched off before any engine starts.
+
+    On the CPU accelerator, DeepSpeed's comm backend JIT-compiles `deepspeed_shm_comm` (a C++ build of
+    ~50 s on 2 cores, cached per venv path under ~/.cache/torch_extensions) the first time a process
+    group is wrapped. Only `inference_all_reduce` (DeepSpeed-Inference tensor parallelism) uses it; the
+    training engine's collectives are torch.distributed's, which batray's training and PPO use. Marking
+    the op incompatible makes DeepSpeed skip the build (its own check, `build_shm_op`); GPU accelerators
+    have no such op, so nothing changes there.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # first access probes and caches the dict
+    return deepspeed
+
+
 def build_engine(model: torch.nn.Module, tc: TrainConfig, use_gpu: bool):
     """(engine, optimizer, scheduler) with DeepSpeed wrapping the model, AdamW and the LR schedule."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     optim = tc.optim
     decay, no_decay = [], []
