@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-PHASES = ("generate", "score", "experience", "train", "sync")
+PHASES = ("generate", "experience", "train", "sync")  # batray scores inside its experience phase
 
 
 def setup(work: Path, hidden: int) -> tuple[str, str, str]:
@@ -111,8 +111,6 @@ def baseline(cfg, policy_path: str, prompts: str, corpus: str, steps: int) -> li
         row["generate"] = time.perf_counter() - t
         t = time.perf_counter()
         scores = torch.tensor([token_fraction_reward(x.response_ids, targets, stops) for x in samples])
-        row["score"] = time.perf_counter() - t
-        t = time.perf_counter()
         batch = collate(samples, tok.pad_token_id)
         old = train.response_logprobs(policy.eval(), batch, ppo.micro_batch_size)
         ref_lp = train.response_logprobs(ref, batch, ppo.micro_batch_size)

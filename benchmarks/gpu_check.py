@@ -358,7 +358,7 @@ def check_ppo_job(path: str, work: Path, extra: tuple[str, ...] = ()):
         run_ppo(cfg, str(out), policy_init=path, reward_model=None, prompts=str(work / "prompts.jsonl"), kit=kit())
     rows = read_metrics(out)
     timed = rows[1:] or rows  # step 1 carries warm-up (first CUDA kernels, allocator growth)
-    phases = ("generate", "score", "experience", "train", "sync")
+    phases = ("generate", "experience", "train", "sync")  # scoring runs inside the experience phase
     step_s = sum(r["time_step"] for r in timed)
     compute_s = sum(r.get(f"compute_{p}") or 0.0 for r in timed for p in phases)
     last = rows[-1]

@@ -129,7 +129,7 @@ def test_reward_rises_with_bounded_kl(ray_session, tiny_checkpoint, ppo_data, tm
     # gradient norms are real numbers (before clipping), not DeepSpeed's missing value
     assert all(isinstance(r[k], float) and r[k] > 0 for r in rows for k in ("policy_grad_norm", "critic_grad_norm"))
     for key in ("entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance", "response_length",
-                "rollout_logprob_diff_mean", "time_generate", "time_score", "time_train", "time_sync"):
+                "rollout_logprob_diff_mean", "time_generate", "time_experience", "time_train", "time_sync"):
         assert all(key in r for r in rows), key
     # engine and trainer agree on the sampled tokens' log-probabilities (weights synced every step)
     assert max(r["rollout_logprob_diff_max"] for r in rows) < 1e-3

@@ -151,26 +151,31 @@ class Driver:
                 samples.append(Sample(c.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, index))
         return samples
 
-    def score(self, samples: list[Sample]) -> torch.Tensor:
-        import ray
-
+    def launch_score(self, samples: list[Sample]) -> list:
+        """The reward actors' calls for `samples`, in flight (`score` collects them)."""
         actors = self.roles["reward"].actors
         parts = split_rows(len(samples), len(actors))
+        return [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
+                for a, r in zip(actors, parts)]
+
+    def score(self, samples: list[Sample], refs: list | None = None) -> torch.Tensor:
+        """Scores of `samples`: the calls `refs` already in flight, or new ones; a lost actor is restarted and
+        the batch scored again."""
+        import ray
+
         attempt = 0
         while True:
             try:
-                refs = [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
-                        for a, r in zip(actors, parts)]
+                refs = refs or self.launch_score(samples)
                 scores = [x for part in ray.get(refs, timeout=self.ppo.actor_timeout_s) for x in part]
                 return torch.tensor(scores, dtype=torch.float32)
             except ray.exceptions.RayActorError as e:
                 self._recover("reward", e, attempt)
                 attempt += 1
+                refs = None
 
-    def experience_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Old log-probs (policy ranks), reference log-probs and values, all in flight at once."""
-        import ray
-
+    def launch_experience_forward(self, batch: dict) -> list[list]:
+        """Old log-probs (policy ranks), reference log-probs and values: the three groups of calls, in flight."""
         parts = RowParts(batch)
 
         def launch(group, method):  # an actor with no rows (more reference actors than rows) is not called
@@ -180,7 +185,11 @@ class Driver:
         # with LoRA the reference is the policy's base, adapters disabled (`PolicyActor.reference_logprobs`)
         reference = launch(self.roles["policy"], "reference_logprobs") if self.ppo.lora is not None \
             else launch(self.roles["reference"], "logprobs")
-        refs = [launch(self.roles["policy"], "logprobs"), reference, launch(self.roles["critic"], "values")]
+        return [launch(self.roles["policy"], "logprobs"), reference, launch(self.roles["critic"], "values")]
+
+    def collect_experience_forward(self, refs: list[list]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import ray
+
         flat = from_wire(ray.get([r for group in refs for r in group], timeout=self.ppo.actor_timeout_s))
         out, i = [], 0
         for group in refs:
@@ -188,15 +197,19 @@ class Driver:
             i += len(group)
         return out[0], out[1], out[2]
 
-    def train(self, experience: dict, step: int) -> tuple[dict, dict]:
+    def ptx_blocks(self) -> list | None:
+        """Each policy rank's Eq. 4 pretraining blocks for this step's updates, in wire form (None: no ptx term)."""
+        if self.ptx is None or self.ppo.ptx_coef <= 0:
+            return None
+        k = num_update_steps(self.ppo)
+        return [to_wire([self.ptx.next_blocks(self.ppo.ptx_batch_size) for _ in range(k)])
+                for _ in range(len(self.roles["policy"]))]
+
+    def train(self, experience: dict, step: int, ptx: list | None) -> tuple[dict, dict]:
         import ray
 
         policy, critic = self.roles["policy"], self.roles["critic"]
         seed = rollout_seed(self.ppo.seed, step, 0xC0FFEE)
-        ptx = None
-        if self.ptx is not None and self.ppo.ptx_coef > 0:
-            k = num_update_steps(self.ppo)
-            ptx = [to_wire([self.ptx.next_blocks(self.ppo.ptx_batch_size) for _ in range(k)]) for _ in range(len(policy))]
         parts = RowParts(experience)  # the config makes both roles' rank counts divide the batch: equal shards
         p_refs = [a.train.remote(ref, ptx[r] if ptx else None, seed)
                   for r, (a, ref) in enumerate(zip(policy.actors, parts.refs(len(policy))))]
@@ -214,24 +227,25 @@ class Driver:
         times["generate"] = time.perf_counter() - t
         compute["generate"] = self.compute_time("rollout")
 
+        # Scoring and the experience forwards need only the samples: all their calls are in flight together,
+        # and the driver prepares the train phase's ptx blocks meanwhile (one phase, "experience").
         t = time.perf_counter()
-        raw_scores = self.score(samples)
-        times["score"] = time.perf_counter() - t
-        compute["score"] = self.compute_time("reward")
-
-        t = time.perf_counter()
+        score_refs = self.launch_score(samples)
         batch = collate(samples, self.pad_id)
-        old_logprobs, ref_logprobs, values = self.experience_forward(batch)
+        forward_refs = self.launch_experience_forward(batch)
+        ptx = self.ptx_blocks()
+        raw_scores = self.score(samples, score_refs)
+        old_logprobs, ref_logprobs, values = self.collect_experience_forward(forward_refs)
         kl_coef = self.kl_ctl.value
         experience, stats = make_experience(
             batch, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values, raw_scores=raw_scores,
             reward_mean=self.reward_mean, reward_std=self.reward_std, kl_coef=kl_coef, cfg=self.ppo,
         )
         times["experience"] = time.perf_counter() - t
-        compute["experience"] = self.compute_time(*(r for r in ("policy", "reference", "critic") if r in self.roles))
+        compute["experience"] = self.compute_time(*(r for r in ("reward", "policy", "reference", "critic") if r in self.roles))
 
         t = time.perf_counter()
-        policy_stats, critic_stats = self.train(experience, step)
+        policy_stats, critic_stats = self.train(experience, step, ptx)
         times["train"] = time.perf_counter() - t
         compute["train"] = self.compute_time("policy", "critic")
 
