@@ -304,6 +304,22 @@ def measure_sft(cfg: RecipeConfig, before: str, after: str, world, questions: li
     return [row], {"figures": figs, "examples": examples}
 
 
+def paired_rise(before: list[float], after: list[float], samples: int) -> dict:
+    """The mean rise from `before` to `after` with its 95% interval, from paired differences, one per prompt.
+
+    Both policies answer the same prompts with the same seeds (common random numbers), `samples` answers per
+    prompt in prompt order. Each prompt gives one difference, the mean of its answers' rewards after minus
+    before; the interval is over prompts. What varies from prompt to prompt (some questions are easy for
+    both policies) is shared by the two sides and cancels, where an interval from the two means as
+    independent samples would count it twice; answers to one prompt are correlated, so the prompt, not
+    the answer, is the unit.
+    """
+    prompts = len(before) // samples
+    per_prompt = [sum(after[i * samples:(i + 1) * samples]) / samples - sum(before[i * samples:(i + 1) * samples]) / samples
+                  for i in range(prompts)]
+    return mean_figure(per_prompt)
+
+
 def measure_ppo(cfg: RecipeConfig, sft: str, ppo: str, reward_model: str | None, world,
                 questions: list[dict], samples: int = 4) -> tuple[list[Claim], dict]:
     from batray.ppo.reward import reward_stats, score_sequences
@@ -340,9 +356,7 @@ def measure_ppo(cfg: RecipeConfig, sft: str, ppo: str, reward_model: str | None,
     acc_ok = acc_p["value"] >= acc_s["low"]
     if "rewards" in figs["sft"]:
         r_s, r_p = mean_figure(figs["sft"]["rewards"]), mean_figure(figs["ppo"]["rewards"])
-        half = Z95 * math.sqrt(((r_s["high"] - r_s["value"]) / Z95) ** 2 + ((r_p["high"] - r_p["value"]) / Z95) ** 2)
-        gain = {"n": r_p["n"], "value": r_p["value"] - r_s["value"]}
-        gain.update(low=gain["value"] - half, high=gain["value"] + half)
+        gain = paired_rise(figs["sft"]["rewards"], figs["ppo"]["rewards"], samples)
         held = gain["low"] > 0 and acc_ok
         figure = (f"reward SFT {r_s['value']:.3f} -> PPO {r_p['value']:.3f}, rise {num(gain, 3)}; "
                   f"accuracy SFT {pct(acc_s)} -> PPO {pct(acc_p)}; KL(PPO||SFT) {kl['value']:.3f} nats/token")
@@ -353,7 +367,8 @@ def measure_ppo(cfg: RecipeConfig, sft: str, ppo: str, reward_model: str | None,
             why.append("the accuracy fell below the SFT policy's interval")
         row = Claim("ppo", "PPO raises the reward on held-out prompts without losing accuracy (Eq. 4)",
                     f"{samples} samples per held-out question ({len(prompts)} questions; temperature {s.temperature}, "
-                    "the same seeds for both policies): mean normalized reward, world-graded accuracy, KL to the reference",
+                    "the same seeds for both policies): mean normalized reward, its rise over paired per-question "
+                    "differences, world-graded accuracy, KL to the reference",
                     "the SFT policy (PPO's start and reference)", figure, held, "; ".join(why),
                     values={"reward_sft": r_s, "reward_ppo": r_p, "reward_rise": gain, "accuracy_sft": acc_s,
                             "accuracy_ppo": acc_p, "kl_per_token": kl})

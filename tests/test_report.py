@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from batray.measure import Claim, mean_ci, proportion, wilson
+from batray.measure import Claim, mean_ci, paired_rise, proportion, wilson
 from batray.report import build_report
 
 
@@ -26,6 +26,22 @@ def test_mean_interval_and_proportion():
     assert (m, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
     p = proportion(3, 4)
     assert p["value"] == 0.75 and p["low"] < 0.75 < p["high"]
+
+
+def test_the_ppo_rise_is_measured_on_paired_per_prompt_differences():
+    """Same prompts, same seeds: prompt difficulty (a per-prompt offset shared by both policies) cancels; each
+    prompt's answers are averaged first, so the interval is over prompts, not over correlated answers."""
+    samples, offsets = 2, [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, -2.0]
+    before = [o + e for o in offsets for e in (0.0, 0.2)]
+    after = [o + e + 0.3 + 0.05 * (i % 3) for i, o in enumerate(offsets) for e in (0.0, 0.2)]
+    rise = paired_rise(before, after, samples)
+    per_prompt = [0.3 + 0.05 * (i % 3) for i in range(len(offsets))]
+    m, lo, hi = mean_ci(per_prompt)
+    assert rise["n"] == len(offsets) and (rise["value"], rise["low"], rise["high"]) == pytest.approx((m, lo, hi))
+    assert rise["low"] > 0  # the rise is resolved ...
+    _, b_lo, b_hi = mean_ci(before)
+    _, a_lo, a_hi = mean_ci(after)
+    assert a_lo < b_hi  # ... where the two means' own intervals overlap widely
 
 
 def _state(tmp_path):
