@@ -290,3 +290,26 @@ def test_power_of_two_division_in_the_source_dtype_is_bit_identical_to_float32()
         w[0, :4] = torch.tensor([6e-8, -6e-8, 1e-7, 65504.0]).to(dtype)  # subnormal results, the largest value
         reference = w.float().index_select(0, maps[0].index).index_select(1, maps[1].index) / 2
         assert torch.equal(expand_weight(w, maps, 1), reference.to(dtype)), dtype
+
+
+def test_run_copies_gather_what_index_select_does():
+    """`gather` copies runs of consecutive source units as slices (exact maps tile whole units); every map
+    and axis gives index_select's values and dtype, and the caller's tensor is never divided in place."""
+    from batray.expansion import exact_map, expand_weight
+    from batray.expansion.mapping import contiguous_runs, fpi_map, gather
+
+    assert contiguous_runs(torch.tensor([0, 1, 2, 0, 1, 2])) == [(0, 3), (0, 3)]
+    assert contiguous_runs(torch.tensor([3, 1, 2])) == [(3, 1), (1, 2)]
+    gen = torch.Generator().manual_seed(0)
+    for unit_map in (exact_map(64, 128), exact_map(8, 16).expand_units(16), fpi_map(64, 96, gen)):
+        n = unit_map.source_size
+        for dtype in (torch.bfloat16, torch.float32):
+            for shape, axis in (((n, 24), 0), ((24, n), 1), ((n,), 0)):
+                t = torch.randn(shape, generator=gen).to(dtype)
+                got, want = gather(t, axis, unit_map.index), t.index_select(axis, unit_map.index)
+                assert got.dtype == want.dtype and torch.equal(got, want), (unit_map.new_size, dtype, shape, axis)
+    w = torch.randn(4, 64, generator=gen)
+    before = w.clone()
+    expand_weight(w, (None, exact_map(64, 128)), 1)
+    expand_weight(w, (None, None), 1)
+    assert torch.equal(w, before)

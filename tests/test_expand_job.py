@@ -37,3 +37,21 @@ def test_expand_cli_bad_request_is_one_line(tiny_checkpoint, tmp_path, capsys):
     assert not dst.exists() and not Path(str(dst) + ".tmp").exists()
     assert cli(["expand", tiny_checkpoint, str(dst), "--method", "fpi", "--hidden-size", "32"]) == 2
     assert "cannot shrink" in capsys.readouterr().err
+
+
+def test_a_one_shard_expansion_starts_no_ray(tiny_checkpoint, tmp_path, monkeypatch):
+    """One output shard has nothing to share among writers: `expand` writes it in its own process, without
+    starting (or joining) a Ray cluster, and the output is the one the actor pool writes."""
+    from batray.config import load_config
+    from batray.expansion import run as expand_run
+    from actors.shard_writer import ShardWriter
+
+    def no_ray(cfg):
+        raise AssertionError("a one-shard expansion started Ray")
+
+    monkeypatch.setattr(expand_run, "init_ray", no_ray)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "expand.hidden_size=128", "expand.num_heads=8",
+                             "expand.num_kv_heads=4"])
+    report = expand_run.run_expand(cfg, src=tiny_checkpoint, dst=str(tmp_path / "wide"), writer_cls=ShardWriter)
+    assert report["shards"] == 1 and report["deviation"]["max_abs"] < 1e-4
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "wide").config.hidden_size == 128

@@ -95,6 +95,28 @@ def grouped_head_maps(num_heads: int, num_kv_heads: int, new_heads: int, new_kv_
     return UnitMap(q_index, num_heads), kv_map
 
 
+def contiguous_runs(index: torch.Tensor) -> list[tuple[int, int]]:
+    """`index` as (first source unit, length) runs of consecutive units: [0, 1, 2, 0, 1, 2] -> [(0, 3), (0, 3)]."""
+    if index.numel() == 0:
+        return []
+    starts = [0, *(torch.nonzero(index[1:] != index[:-1] + 1).flatten() + 1).tolist()]
+    ends = [*starts[1:], index.numel()]
+    return [(int(index[a]), b - a) for a, b in zip(starts, ends)]
+
+
+def gather(tensor: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+    """`tensor.index_select(axis, index)`, the same values; as copies of whole runs where the index has few.
+
+    `exact` growth tiles whole units (hidden dims, heads, FFN units): the index is a few runs of
+    consecutive source units, and copying each run as one slice goes at memory speed, where
+    index_select gathers element by element (on a bf16 column gather, 3 s of a 6 s shard write).
+    """
+    runs = contiguous_runs(index)
+    if len(runs) > max(1, index.numel() // 16):  # short runs (fpi's sampled units): nothing to gain
+        return tensor.index_select(axis, index)
+    return torch.cat([tensor.narrow(axis, start, length) for start, length in runs], dim=axis)
+
+
 def expand_weight(weight: torch.Tensor, maps: tuple[UnitMap | None, ...], in_axis: int | None, *,
                   noise_std: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eqs. 6-7: gather `weight` along every mapped axis; divide the in-axis by the copy counts.
@@ -109,11 +131,13 @@ def expand_weight(weight: torch.Tensor, maps: tuple[UnitMap | None, ...], in_axi
     out = weight if noise_std == 0 and power_of_two else weight.to(torch.float32)
     for axis, unit_map in enumerate(maps):
         if unit_map is not None and not unit_map.is_identity():
-            out = out.index_select(axis, unit_map.index)
+            out = gather(out, axis, unit_map.index)
     if in_axis is not None and maps[in_axis] is not None:
         shape = [1] * out.dim()
         shape[in_axis] = -1
-        out = out / maps[in_axis].divisor().to(out.dtype).reshape(shape)
+        divisor = maps[in_axis].divisor().to(out.dtype).reshape(shape)
+        # in place on our own copy (the gather's or the float32 one); never on the caller's tensor
+        out = out.div_(divisor) if out.data_ptr() != weight.data_ptr() else out / divisor
         if noise_std > 0 and out.dim() == 2 and in_axis == 1:
             out = out + cancelling_noise(tuple(out.shape), maps[in_axis], noise_std, generator)
     return out.to(weight.dtype)

@@ -16,7 +16,7 @@ from pathlib import Path
 from batray.checkpoint import is_complete
 from batray.config import RecipeConfig
 from batray.errors import BatrayError
-from batray.expansion import REPORT, ExpansionPlan, Request, expand, plan_expansion
+from batray.expansion import REPORT, ExpansionPlan, Request, expand, plan_expansion, run_serially
 from batray.progress import Progress
 from batray.ray_session import init_ray
 
@@ -25,9 +25,13 @@ log = logging.getLogger("batray.expand")
 
 def shard_runner(cfg: RecipeConfig, writer_cls: type):
     """`run_shards` for `expand`: a pool of `writer_cls` actors (`expand.num_writers`, default one per
-    CPU of the cluster, at most one per shard), each shard handed to whichever writer is idle."""
+    CPU of the cluster, at most one per shard), each shard handed to whichever writer is idle; a
+    one-shard output is written in this process (the same streamed writer, without Ray)."""
     def run(plan: ExpansionPlan, out_dir: str) -> list[dict]:
         import ray
+
+        if len(plan.shards) == 1:  # one writer shares nothing: no cluster to start or join, no actor (~10 s)
+            return run_serially(plan, out_dir)
 
         from batray.groups import ActorGroup
 

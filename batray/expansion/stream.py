@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from batray.expansion.mapping import expand_weight
+from batray.expansion.mapping import expand_weight, gather
 from batray.expansion.plan import ExpansionPlan, TensorSpec
 
 # Files of the source folder that are not copied verbatim (weights, config and markers are rewritten).
@@ -123,7 +123,7 @@ def expand_blocks(plan: ExpansionPlan, spec: TensorSpec, reader: SourceReader):
             lo, hi = int(index.min()), int(index.max()) + 1  # exact maps: one contiguous source range
             block = reader.rows(spec.source, lo, hi)
             if not (hi - lo == r1 - r0 and torch.equal(index, torch.arange(lo, hi))):
-                block = block.index_select(0, index - lo)
+                block = gather(block, 0, index - lo)
         out = expand_weight(block, (None, *maps[1:]), spec.in_axis, noise_std=plan.noise_std, generator=gen)
         assert tuple(out.shape[1:]) == shape[1:] and out.shape[0] == r1 - r0, (spec.name, tuple(out.shape), shape)
         yield out
