@@ -142,6 +142,29 @@ def test_label_with_the_keyboard_in_chromium(make_server, tmp_path):
     assert len(_labels(server)) == 2
 
 
+def test_keys_pressed_while_a_request_is_in_flight_run_in_order(make_server):
+    """Label, then skip and undo and relabel with no wait between the keys: each key waits for the action
+    before it (the skip's requests, the next task) instead of being dropped or hitting a stale form."""
+    from playwright.sync_api import expect, sync_playwright
+
+    server = make_server(n_tasks=4, first=FIRST_TASKS)
+    token = server.add_user("alice")
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _page(browser)
+        _sign_in(page, server, token)
+        expect(page.locator("#prompt")).to_contain_text("<script>alert(1)</script>")
+        for key in ("1", "4", "6", "Enter", "s", "u", "2", "Enter"):  # send, skip the next, undo the first, relabel
+            page.keyboard.press(key)
+        expect(page.locator("#progress")).to_have_text("1 labeled · 3 left")
+        expect(page.locator("#message")).to_have_text("Saved. 已保存。")
+        browser.close()
+    labels = _labels(server)
+    assert list(labels) == ["xss"]  # the skipped task is not labeled; the undone label was replaced
+    assert (labels["xss"].acceptable_left, labels["xss"].acceptable_right, labels["xss"].helpfulness) == \
+        (False, False, "right_better")
+
+
 def test_admin_view_in_chromium(make_server):
     from playwright.sync_api import expect, sync_playwright
 

@@ -4,7 +4,17 @@
 
 const $ = (id) => document.getElementById(id);
 let current = null; // the task on screen: {task_id, prompt, left, right}
-let busy = false;
+
+// The annotator's actions (keys and buttons) run one at a time, in the order they were asked for: a key
+// pressed while the previous action's requests are still in flight (the next task, the progress) waits
+// for them instead of being dropped or acting on the task that is about to be replaced.
+let pending = Promise.resolve();
+function inTurn(action) {
+  return (...args) => {
+    pending = pending.then(() => action(...args)).catch((e) => say(`error: ${e}`, true));
+    return pending;
+  };
+}
 
 async function api(method, path, body) {
   const init = { method, headers: {}, credentials: "same-origin" };
@@ -86,54 +96,48 @@ async function loadNext() {
   await refreshProgress();
 }
 
-async function send() {
-  if (!current || busy) return;
+const send = inTurn(async () => {
+  if (!current) return;
   const accLeft = chosen("acceptable_left"), accRight = chosen("acceptable_right"), help = chosen("helpfulness");
   if (accLeft === null || accRight === null || help === null) {
     say("Answer acceptability for A and B and one helpfulness option. 请完成所有选项。", true);
     return;
   }
-  busy = true;
-  try {
-    const comment = $("comment").value.trim();
-    const { status, data } = await api("POST", "/api/labels", {
-      task_id: current.task_id,
-      acceptable_left: accLeft === "true",
-      acceptable_right: accRight === "true",
-      helpfulness: help,
-      comment: comment || null,
-    });
-    if (status === 201 || status === 409) {
-      say(status === 201 ? "Saved. 已保存。" : data.detail);
-      await loadNext();
-    } else if (status !== 401) {
-      say(`not saved: ${(data && data.detail) || status}`, true);
-    }
-  } finally { busy = false; }
-}
+  const comment = $("comment").value.trim();
+  const { status, data } = await api("POST", "/api/labels", {
+    task_id: current.task_id,
+    acceptable_left: accLeft === "true",
+    acceptable_right: accRight === "true",
+    helpfulness: help,
+    comment: comment || null,
+  });
+  if (status === 201 || status === 409) {
+    say(status === 201 ? "Saved. 已保存。" : data.detail);
+    await loadNext();
+  } else if (status !== 401) {
+    say(`not saved: ${(data && data.detail) || status}`, true);
+  }
+});
 
-async function skip() {
-  if (!current || busy) return;
-  busy = true;
-  try {
-    const { status, data } = await api("POST", "/api/skip", { task_id: current.task_id });
-    if (status === 200) { say("Skipped. 已跳过。"); await loadNext(); }
-    else if (status !== 401) say(`could not skip: ${(data && data.detail) || status}`, true);
-  } finally { busy = false; }
-}
+const skip = inTurn(async () => {
+  if (!current) return;
+  const { status, data } = await api("POST", "/api/skip", { task_id: current.task_id });
+  if (status === 200) { say("Skipped. 已跳过。"); await loadNext(); }
+  else if (status !== 401) say(`could not skip: ${(data && data.detail) || status}`, true);
+});
 
-async function undo() {
-  if (busy) return;
-  busy = true;
-  try {
-    const { status, data } = await api("DELETE", "/api/labels/last");
-    if (status === 200) {
-      render(data, data.previous);
-      say("Last label undone: answer again. 已撤销。");
-      await refreshProgress();
-    } else if (status !== 401) say((data && data.detail) || `could not undo (${status})`, true);
-  } finally { busy = false; }
-}
+const undo = inTurn(async () => {
+  const { status, data } = await api("DELETE", "/api/labels/last");
+  if (status === 200) {
+    render(data, data.previous);
+    say("Last label undone: answer again. 已撤销。");
+    await refreshProgress();
+  } else if (status !== 401) say((data && data.detail) || `could not undo (${status})`, true);
+});
+
+// An option key is an action too: pressed right after Enter, it marks the task that comes next, as if the
+// send had finished at once (never the form that the next task is about to replace).
+const pick = inTurn((input) => { input.checked = true; say(""); });
 
 async function start() {
   const { status, data } = await api("GET", "/api/me");
@@ -156,7 +160,7 @@ function onKey(ev) {
   if (!$("done").hidden && ev.key.toLowerCase() === "u") { ev.preventDefault(); undo(); return; }
   if ($("task").hidden) return;
   const option = document.querySelector(`input[data-key="${ev.key}"]`);
-  if (option) { ev.preventDefault(); option.checked = true; say(""); return; }
+  if (option) { ev.preventDefault(); pick(option); return; }
   switch (ev.key.toLowerCase()) {
     case "enter": ev.preventDefault(); send(); break;
     case "s": ev.preventDefault(); skip(); break;
