@@ -314,10 +314,8 @@ def paired_rise(before: list[float], after: list[float], samples: int) -> dict:
     independent samples would count it twice; answers to one prompt are correlated, so the prompt, not
     the answer, is the unit.
     """
-    prompts = len(before) // samples
-    per_prompt = [sum(after[i * samples:(i + 1) * samples]) / samples - sum(before[i * samples:(i + 1) * samples]) / samples
-                  for i in range(prompts)]
-    return mean_figure(per_prompt)
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    return mean_figure([sum(diffs[i:i + samples]) / samples for i in range(0, len(diffs), samples)])
 
 
 def measure_ppo(cfg: RecipeConfig, sft: str, ppo: str, reward_model: str | None, world,

@@ -209,7 +209,7 @@ def start_ray(attempts: int = 3, **init_kwargs) -> None:
         try:
             ray.init(**init_kwargs)
             return
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
             if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":
                 raise
             logging.getLogger("batray").warning("local Ray timed out at startup (busy machine); retry %d", attempt)

@@ -25,12 +25,12 @@ log = logging.getLogger("batray.expand")
 
 def shard_runner(cfg: RecipeConfig, writer_cls: type):
     """`run_shards` for `expand`: a pool of `writer_cls` actors (`expand.num_writers`, default one per
-    CPU of the cluster, at most one per shard), each shard handed to whichever writer is idle; a
-    one-shard output is written in this process (the same streamed writer, without Ray)."""
+    CPU of the cluster, at most one per shard), each shard handed to whichever writer is idle; where one
+    writer would do it all (one shard, or `num_writers` 1), this process writes (the same streamed writer)."""
     def run(plan: ExpansionPlan, out_dir: str) -> list[dict]:
         import ray
 
-        if len(plan.shards) == 1:  # one writer shares nothing: no cluster to start or join, no actor (~10 s)
+        if len(plan.shards) == 1 or cfg.expand.num_writers == 1:  # one writer: no cluster, no actor (~10 s)
             return run_serially(plan, out_dir)
 
         from batray.groups import ActorGroup
