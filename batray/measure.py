@@ -10,7 +10,9 @@ stage never trained on, and returns one row per claim (`Claim`) plus the figures
 - expand: the function-preservation figure (max |delta logit| against the reference logits' std).
 - sft: world-graded accuracy (`World.grade`) of greedy answers to the demo world's held-out questions
   (facts stated in the corpus, never asked in SFT or PPO data), before SFT (the pretrained model
-  prompted with the chat template) and after; the share of answers that end with the end-of-turn token.
+  prompted with the chat template) and after; the share of answers that end with the end-of-turn token;
+  and, to say why when it does not hold, whether each model holds the held-out facts (`knowledge_probe`)
+  and how many answers name the entity asked about (`names_subject`).
 - reward: pairwise accuracy on the pairs the reward stage held out (by pair id), against 50%.
 - ppo: on the same held-out questions, the same seeded sampling for the SFT and the PPO policy: mean
   reward (the reward model's normalized score), world-graded accuracy, KL(PPO || SFT reference).
@@ -266,6 +268,48 @@ def measure_expand(model_path: str) -> tuple[list[Claim], dict]:
 # ---- sft, ppo -----------------------------------------------------------------------------------------
 
 
+def statement_candidates(world, fact) -> list[str | int]:
+    """The gold object first, then every rival of its kind: all entities of its type, or nearby years."""
+    gold = fact.object
+    if isinstance(gold, int):
+        return [gold] + [gold + d for d in (-30, -17, -9, -4, 3, 8, 14, 25)]
+    return [gold] + [e.id for e in world.of_type(world.entities[gold].type) if e.id != gold]
+
+
+def knowledge_probe(model, tokenizer, world, questions: list[dict]) -> dict:
+    """Does the model hold the held-out facts as pretraining stated them? For each (fact, language) of
+    the questions, the fact's first corpus sentence ("The capital of X is Y.") is scored with every
+    candidate object (`statement_candidates`); the share where the gold sentence is the likeliest.
+
+    This separates "the fact is not in the model" from "the model does not reach it from a question":
+    it is the "why" of the SFT row when that row does not hold.
+    """
+    from batray.data.demo import render
+    from batray.data.demo_text import TEMPLATES
+    from batray.models.tokenizer import direction_ids, has_direction_tokens
+
+    prefix = [direction_ids(tokenizer)[0]] if has_direction_tokens(tokenizer) else (
+        [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    keys = dict.fromkeys((q["fact_id"], q["lang"]) for q in questions if q["fact_id"] in world.facts)
+    right = 0
+    for fact_id, lang in keys:
+        fact = world.facts[fact_id]
+        template = TEMPLATES[fact.relation]["state"][lang][0]
+        texts = [render(world, template, fact.subject, c, lang) for c in statement_candidates(world, fact)]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        scores = sequence_logprobs(model, [(prefix, t + eos) for t in ids])
+        right += int(max(range(len(scores)), key=scores.__getitem__) == 0)
+    return proportion(right, len(keys))
+
+
+def names_subject(world, question: dict, text: str) -> bool:
+    """Whether an answer names the entity the question asks about (a model that replays a trained
+    answer names another one)."""
+    subject = world.entities[question["subject"]]
+    return question["subject"] in world.mentions(subject.type, text)
+
+
 def held_out_questions(data_dir: str) -> list[dict]:
     """The demo world's held-out questions: facts stated in the corpus, never asked in SFT or PPO data."""
     path = Path(data_dir) / "hallucination" / "questions.jsonl"
@@ -288,7 +332,10 @@ def measure_sft(cfg: RecipeConfig, before: str, after: str, world, questions: li
         eot = set(end_of_turn_ids(tok) or stop_token_ids(tok))
         figs[name] = {"accuracy": proportion(grades.count("right"), len(grades)),
                       "wrong": grades.count("wrong"), "unanswered": grades.count("unanswered"),
-                      "ends_with_eot": proportion(sum(ends_with_eot(c, eot) for c in done), len(done))}
+                      "ends_with_eot": proportion(sum(ends_with_eot(c, eot) for c in done), len(done)),
+                      "names_subject": proportion(sum(names_subject(world, q, c.text) for q, c in zip(questions, done, strict=True)),
+                                                  len(done)),
+                      "knows_fact": knowledge_probe(model, tok, world, questions)}
         examples[name] = [{"question": q["prompt"], "gold": q["answer"], "answer": c.text, "grade": g}
                           for q, c, g in list(zip(questions, done, grades))[:6]]
     b, a = figs["before"], figs["after"]
@@ -299,9 +346,26 @@ def measure_sft(cfg: RecipeConfig, before: str, after: str, world, questions: li
                 f"world-graded accuracy of greedy answers to {len(questions)} held-out demo-world questions "
                 "(facts in the corpus, never asked in SFT/PPO data)",
                 "the pretrained model prompted with the chat template", figure, held,
-                note="" if held else (f"the after-SFT interval overlaps the before-SFT interval (after: {a['accuracy']['k']} "
-                                      f"right, {a['wrong']} wrong, {a['unanswered']} unanswered)"), values=figs)
+                note="" if held else _sft_why(b, a), values=figs)
     return [row], {"figures": figs, "examples": examples}
+
+
+def _sft_why(before: dict, after: dict) -> str:
+    """The SFT row's note when it does not hold: the overlap, and the two diagnostics that say why."""
+    knows_b, knows_a, named = before["knows_fact"], after["knows_fact"], after["names_subject"]["value"]
+    figures = (f"the right corpus sentence is the likeliest for {pct(knows_b)} of the held-out facts before SFT and "
+               f"{pct(knows_a)} after; {100 * named:.0f}% of the after-SFT answers name the entity asked about")
+    if knows_b["value"] < 0.5:
+        reading = "pretraining did not store most of these facts, so no instruction tuning can retrieve them"
+    elif named < 0.5:
+        reading = ("the facts are in the pretrained model, but the tuned model replays answers it was trained on "
+                   "instead of carrying the question's subject into its answer")
+    else:
+        reading = "the tuned model names the subject but does not recall the object"
+    if knows_a["high"] < knows_b["low"]:
+        reading += "; SFT also erased part of the stored facts"
+    return (f"the after-SFT interval overlaps the before-SFT interval (after: {after['accuracy']['k']} right, "
+            f"{after['wrong']} wrong, {after['unanswered']} unanswered). Why, measured: {figures}: {reading}")
 
 
 def paired_rise(before: list[float], after: list[float], samples: int) -> dict:
