@@ -21,7 +21,7 @@ def _world_and_questions():
 
 
 def test_an_answer_names_the_subject_only_when_it_names_the_asked_entity():
-    world, facts, questions = _world_and_questions()
+    world, _, questions = _world_and_questions()
     q = next(q for q in questions if q["relation"] == "capital" and q["lang"] == "en")
     other = next(e for e in world.of_type("country") if e.id != q["subject"])
     subject = world.entities[q["subject"]]
