@@ -154,8 +154,15 @@ def test_keys_pressed_while_a_request_is_in_flight_run_in_order(make_server):
         page = _page(browser)
         _sign_in(page, server, token)
         expect(page.locator("#prompt")).to_contain_text("<script>alert(1)</script>")
-        for key in ("1", "4", "6", "Enter", "s", "u", "2", "Enter"):  # send, skip the next, undo the first, relabel
-            page.keyboard.press(key)
+        # Wait for the relabel's own response: the page after the first send already shows what it shows at the
+        # end ("Saved.", "1 labeled · 3 left"), so the text alone could pass before skip, undo and relabel ran.
+        def relabel(response) -> bool:
+            return (response.request.method == "POST" and response.url.endswith("/api/labels")
+                    and '"acceptable_left":false' in (response.request.post_data or ""))
+
+        with page.expect_response(relabel):
+            for key in ("1", "4", "6", "Enter", "s", "u", "2", "Enter"):  # send, skip the next, undo the first, relabel
+                page.keyboard.press(key)
         expect(page.locator("#progress")).to_have_text("1 labeled · 3 left")
         expect(page.locator("#message")).to_have_text("Saved. 已保存。")
         browser.close()

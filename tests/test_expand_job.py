@@ -55,3 +55,42 @@ def test_a_one_shard_expansion_starts_no_ray(tiny_checkpoint, tmp_path, monkeypa
     report = expand_run.run_expand(cfg, src=tiny_checkpoint, dst=str(tmp_path / "wide"), writer_cls=ShardWriter)
     assert report["shards"] == 1 and report["deviation"]["max_abs"] < 1e-4
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "wide").config.hidden_size == 128
+
+
+def test_many_shards_on_a_small_machine_with_no_cluster_are_written_in_process(tiny_checkpoint, tmp_path, monkeypatch):
+    """With `num_writers` unset, no cluster to join and 2 CPUs, starting a local cluster costs more than a
+    second writer gains: `expand` writes every shard itself. With more CPUs it starts the writer pool."""
+    import ray
+
+    from batray.config import load_config
+    from batray.expansion import run as expand_run
+
+    from actors.shard_writer import ShardWriter
+
+    class Started(Exception):
+        pass
+
+    def no_ray(cfg):
+        raise Started
+
+    monkeypatch.setattr(expand_run, "init_ray", no_ray)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "expand.hidden_size=128", "expand.num_heads=8",
+                             "expand.num_kv_heads=4", "expand.max_shard_mb=0.25"])
+    monkeypatch.setattr(expand_run.os, "cpu_count", lambda: 2)
+    report = expand_run.run_expand(cfg, src=tiny_checkpoint, dst=str(tmp_path / "wide"), writer_cls=ShardWriter)
+    assert report["shards"] > 2 and report["deviation"]["max_abs"] < 1e-4
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "wide").config.hidden_size == 128
+
+    monkeypatch.setattr(expand_run.os, "cpu_count", lambda: 16)
+    assert not expand_run.writes_in_process(cfg, 3) and expand_run.writes_in_process(cfg, 1)
+    try:
+        expand_run.run_expand(cfg, src=tiny_checkpoint, dst=str(tmp_path / "wide16"), writer_cls=ShardWriter)
+    except Started:
+        pass
+    else:
+        raise AssertionError("16 CPUs and no cluster: the writer pool should have started a local cluster")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a cluster to join: its writers, whatever the CPUs
+    monkeypatch.setattr(expand_run.os, "cpu_count", lambda: 2)
+    assert not expand_run.writes_in_process(cfg, 3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from batray.checkpoint import is_complete
@@ -23,14 +24,33 @@ from batray.ray_session import init_ray
 log = logging.getLogger("batray.expand")
 
 
+# With no Ray cluster to join, a machine with this many CPUs or fewer writes shards in one process: starting a
+# local cluster and its writer actors costs ~20 s there, more than a second writer sharing the 2 cores and the disk
+# gains (benchmarks/RESULTS.md, expansion).
+SERIAL_MAX_CPUS = 2
+
+
+def writes_in_process(cfg: RecipeConfig, num_shards: int) -> bool:
+    """Whether `expand` writes every shard in its own process rather than through a pool of writer actors:
+    one shard or one writer asked for; or `num_writers` unset, no Ray cluster to join (none initialized,
+    no RAY_ADDRESS) and at most `SERIAL_MAX_CPUS` CPUs here."""
+    import ray
+
+    if num_shards == 1 or cfg.expand.num_writers == 1:
+        return True
+    if cfg.expand.num_writers is not None or ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return False
+    return (os.cpu_count() or 1) <= SERIAL_MAX_CPUS
+
+
 def shard_runner(cfg: RecipeConfig, writer_cls: type):
     """`run_shards` for `expand`: a pool of `writer_cls` actors (`expand.num_writers`, default one per
-    CPU of the cluster, at most one per shard), each shard handed to whichever writer is idle; where one
-    writer would do it all (one shard, or `num_writers` 1), this process writes (the same streamed writer)."""
+    CPU of the cluster, at most one per shard), each shard handed to whichever writer is idle; where
+    `writes_in_process` says so, this process writes the shards one by one (the same streamed writer)."""
     def run(plan: ExpansionPlan, out_dir: str) -> list[dict]:
         import ray
 
-        if len(plan.shards) == 1 or cfg.expand.num_writers == 1:  # one writer: no cluster, no actor (~10 s)
+        if writes_in_process(cfg, len(plan.shards)):  # no cluster, no actor to start
             return run_serially(plan, out_dir)
 
         from batray.groups import ActorGroup
