@@ -269,11 +269,10 @@ def measure_expand(model_path: str) -> tuple[list[Claim], dict]:
 
 
 def statement_candidates(world, fact) -> list[str | int]:
-    """The gold object first, then every rival of its kind: all entities of its type, or nearby years."""
-    gold = fact.object
-    if isinstance(gold, int):
-        return [gold] + [gold + d for d in (-30, -17, -9, -4, 3, 8, 14, 25)]
-    return [gold] + [e.id for e in world.of_type(world.entities[gold].type) if e.id != gold]
+    """The gold object first, then every rival of its kind (`batray.data.demo.rivals`)."""
+    from batray.data.demo import rivals
+
+    return [fact.object, *rivals(world, fact.object)]
 
 
 def knowledge_probe(model, tokenizer, world, questions: list[dict]) -> dict:
@@ -286,20 +285,24 @@ def knowledge_probe(model, tokenizer, world, questions: list[dict]) -> dict:
     """
     from batray.data.demo import render
     from batray.data.demo_text import TEMPLATES
-    from batray.models.tokenizer import direction_ids, has_direction_tokens
 
-    prefix = [direction_ids(tokenizer)[0]] if has_direction_tokens(tokenizer) else (
-        [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     keys = dict.fromkeys((q["fact_id"], q["lang"]) for q in questions if q["fact_id"] in world.facts)
-    right = 0
+    texts, sizes = [], []
     for fact_id, lang in keys:
         fact = world.facts[fact_id]
         template = TEMPLATES[fact.relation]["state"][lang][0]
-        texts = [render(world, template, fact.subject, c, lang) for c in statement_candidates(world, fact)]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        scores = sequence_logprobs(model, [(prefix, t + eos) for t in ids])
-        right += int(max(range(len(scores)), key=scores.__getitem__) == 0)
+        candidates = [render(world, template, fact.subject, c, lang) for c in statement_candidates(world, fact)]
+        texts += candidates
+        sizes.append(len(candidates))
+    # The tokenizer's own first token (a batray tokenizer's <|l2r|>, a stock BOS, else the sentence's first
+    # token, the same for every candidate) is the prompt; the rest and EOS are scored, as pretraining reads it.
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    scores = sequence_logprobs(model, [(ids[:1], ids[1:] + eos) for ids in tokenizer(texts)["input_ids"]])
+    right, start = 0, 0
+    for n in sizes:
+        block = scores[start:start + n]
+        right += int(max(range(n), key=block.__getitem__) == 0)
+        start += n
     return proportion(right, len(keys))
 
 

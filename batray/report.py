@@ -262,8 +262,8 @@ def _measurement_parts(stage: str, d: dict) -> list[str]:
     if stage == "sft" and d.get("figures"):
         rows = [{"model": k, "accuracy": _ci(v["accuracy"], 1, True), "wrong": v["wrong"], "unanswered": v["unanswered"],
                  "ends with end-of-turn": _ci(v["ends_with_eot"], 1, True),
-                 "names the subject asked": _ci(v["names_subject"], 1, True) if "names_subject" in v else "-",
-                 "holds the fact (likeliest corpus sentence)": _ci(v["knows_fact"], 1, True) if "knows_fact" in v else "-"}
+                 "names the subject asked": _ci(v["names_subject"], 1, True),
+                 "holds the fact (likeliest corpus sentence)": _ci(v["knows_fact"], 1, True)}
                 for k, v in d["figures"].items()]
         parts.append(rows_table(rows))
         for name, ex in d.get("examples", {}).items():

@@ -174,14 +174,17 @@ def _fact_of(relation: str, subject: str, world: World) -> str:
     return f"{relation}:{subject}"
 
 
-def _distractors(world: World, relation: str, subject: str, rng: random.Random, k: int = 3) -> list[str | int]:
-    gold = _gold_object(world, relation, subject)
+def rivals(world: World, gold: str | int) -> list[str | int]:
+    """Every wrong object of gold's kind: the other entities of its type, or years near it."""
     if isinstance(gold, int):
         pool: list[str | int] = sorted({gold + d for d in (-30, -17, -9, -4, 3, 8, 14, 25)})
     else:
         pool = [e.id for e in world.of_type(world.entities[gold].type)]
-    pool = [p for p in pool if p != gold]
-    return rng.sample(pool, k)
+    return [p for p in pool if p != gold]
+
+
+def _distractors(world: World, relation: str, subject: str, rng: random.Random, k: int = 3) -> list[str | int]:
+    return rng.sample(rivals(world, _gold_object(world, relation, subject)), k)
 
 
 # ---- the files ---------------------------------------------------------------------------------
