@@ -54,11 +54,12 @@ def cluster_address(cfg: RecipeConfig | None) -> str | None:
 _early: dict = {}  # the local cluster being started in the background: thread, error, env to restore
 
 
-def start_ray_early(cfg: RecipeConfig | None) -> None:
+def start_ray_early(cfg: RecipeConfig | None, *, train: bool = True) -> None:
     """Start the local cluster `init_ray(cfg)` would start, in a background thread, so that its processes
     (GCS, raylet, dashboard head, agents: each a Python process importing ray) start while the command
     imports torch and reads and tokenizes its data; `init_ray` then waits for it (`finish_early_start`).
-    For a Ray Train stage (`batray.stages.run_stage`): Ray Train's autoscaling coordinator starts with it.
+    `batray.stages.run_stage` calls it for a stage on Ray, before the stage imports torch; with `train`
+    (a Ray Train stage), Ray Train's autoscaling coordinator starts with the cluster.
 
     Nothing happens when Ray is up or the config joins a running cluster (connecting is quick). The
     environment the workers inherit (`local_worker_env`) is set here, in the calling thread (setting
@@ -81,7 +82,8 @@ def start_ray_early(cfg: RecipeConfig | None) -> None:
     def start() -> None:
         try:
             start_ray(**kwargs)
-            prestart_train_coordinator()
+            if train:
+                prestart_train_coordinator()
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits for the start
             _early["error"] = e
         finally:

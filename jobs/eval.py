@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(cfg)
     key = Secret(os.environ.get(args.api_key_env) if args.api_key_env else None)
     results = evaluate(args.model, args.benchmark, args.data, args.out, shots=shots, mode=mode, ecfg=cfg.eval,
-                       scorer_cls=kit().eval_scorer, label=args.label, split=args.split,
+                       scorer_cls=kit().need("eval_scorer"), label=args.label, split=args.split,
                        served_model=args.served_model, api_key=key)
     print(render([results]))
     return 0

@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,12 +30,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batray.errors import DataError
+from batray.models.hub import HUB_ID
 
 FORMATS = {"json": (".jsonl", ".ndjson", ".json"), "parquet": (".parquet",), "csv": (".csv",)}
 COMPRESSIONS = ("", ".gz", ".bz2", ".zst")
 # `owner/name` with no local file or folder of that name is a hub dataset id (a bare `name` is not,
 # so a missing local folder is not looked up on the hub; write `{name: imdb}` for those).
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _BATCH = 1024
 
 
@@ -73,7 +72,7 @@ def resolve(spec) -> Source:
             raise DataError(f"data source {spec!r}: {e}") from None
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data source {spec!r}: expected a path, URI or hub dataset id")
-    if "://" in spec or os.path.exists(spec) or not _HUB_ID.fullmatch(spec) or data_format(spec):
+    if "://" in spec or os.path.exists(spec) or not HUB_ID.fullmatch(spec) or data_format(spec):
         return Source(path=spec)
     return Source(name=spec)
 

@@ -9,15 +9,23 @@ family at test size. Any Hugging Face causal LM loads from a path or hub name
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GlmConfig, PretrainedConfig, PreTrainedModel
+from typing import TYPE_CHECKING
 
 from batray.errors import BatrayError
-from batray.models.loading import load_causal_lm  # noqa: F401 - the historical import path
+from batray.models.hub import is_hub_id  # noqa: F401 - the historical import path
+
+if TYPE_CHECKING:  # torch and transformers are imported where a model or config is made: the stage
+    import torch  # registry reads PRESETS before a command starts its Ray cluster
+    from transformers import GlmConfig, PretrainedConfig, PreTrainedModel
+
+
+def __getattr__(name: str):
+    if name == "load_causal_lm":  # the historical import path, imported on first use
+        from batray.models.loading import load_causal_lm
+
+        return load_causal_lm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Ids of <pad>, <|endoftext|> and <|l2r|> in a tokenizer trained by batray (SPECIAL_TOKENS order).
 _SPECIAL_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2)
@@ -61,6 +69,8 @@ PRESETS: dict[str, dict] = {
 
 def preset_config(name: str, **overrides) -> GlmConfig:
     """The `GlmConfig` of a preset, with field overrides (e.g. vocab_size of a trained tokenizer)."""
+    from transformers import GlmConfig
+
     if name not in PRESETS:
         raise BatrayError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return GlmConfig(**{**PRESETS[name], **overrides})
@@ -68,6 +78,8 @@ def preset_config(name: str, **overrides) -> GlmConfig:
 
 def resolve_config(preset_or_path: str) -> PretrainedConfig:
     """A preset name, a local checkpoint folder or a hub name -> its config (no weights)."""
+    from transformers import AutoConfig
+
     if preset_or_path in PRESETS:
         return preset_config(preset_or_path)
     try:
@@ -79,15 +91,21 @@ def resolve_config(preset_or_path: str) -> PretrainedConfig:
         ) from None
 
 
-def build_model(config: PretrainedConfig, seed: int | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A freshly initialized causal LM for `config` (deterministic when seed is given)."""
+def build_model(config: PretrainedConfig, seed: int | None = None, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A freshly initialized causal LM for `config` (deterministic when seed is given), float32 by default."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     if seed is not None:
         torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
 
 
 def count_parameters(config: PretrainedConfig) -> int:
     """Exact parameter count, built on the meta device: nothing is allocated."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
@@ -107,12 +125,6 @@ def describe(preset_or_path: str) -> dict:
     return info
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def is_hub_id(value: str) -> bool:
-    """`org/name` that is not a local path: a Hugging Face hub id (tried on machines that reach the hub)."""
-    return bool(_HUB_ID.match(value)) and not os.path.exists(value) and not value.startswith((".", "/", "~"))
 
 
 def is_checkpoint_dir(path: str) -> bool:

@@ -47,6 +47,7 @@ from batray.ppo.train import num_update_steps
 from batray.ppo.weight_sync import WeightSync, choose_transport
 from batray.ppo.wire import from_wire, to_wire
 from batray.progress import StepProgress
+from batray.ray_session import init_ray
 from batray.rollout.engine import SamplingParams
 from batray.stages.kit import ActorKit
 from batray.trackers import TrackerSpec, open_trackers
@@ -388,6 +389,7 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
         log.info("ppo: resuming from %s (step %d)", resume, start)
 
     out.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg)  # waits for the local cluster `run_stage` started while the streams above were read
     roles = PpoRoles(ppo, kit, policy_path=policy_path, critic_path=critic_path, reference_path=policy_init,
                      reward_path=reward_model or policy_init, rollout_path=policy_init, seed=ppo.seed)
     metrics = trackers = progress = None

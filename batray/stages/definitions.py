@@ -72,14 +72,14 @@ register(Stage(
     (CORPUS, Input("init", ("pretrain.init_from", "model.path"), lambda cfg, _: Resolved(None, f"from scratch ({cfg.model.preset})"),
                    kind="checkpoint", optional=True)),
     _final, run_pretrain_stage,
-    ray_train=True,
+    ray="train",
 ))
 
 
 def run_grow_stage(call: StageCall) -> dict:
     from batray.expansion.grow import run_grow
 
-    phases = run_grow(call.cfg, call.out_dir, corpus=call["corpus"], writer_cls=call.kit.shard_writer)["phases"]
+    phases = run_grow(call.cfg, call.out_dir, corpus=call["corpus"], writer_cls=call.kit.get("shard_writer"))["phases"]
     keys = ("num_layers", "hidden_size", "steps", "final_loss", "expansion_deviation")
     return {p["phase"]: {k: p.get(k) for k in keys} for p in phases}
 
@@ -88,14 +88,14 @@ register(Stage(
     "grow", "Alg. 1", "train shallow, stack, train again, until full depth (and an optional width step)",
     (CORPUS,), _final, run_grow_stage,
     done=lambda outputs: is_complete(outputs["model"]) and (Path(outputs["model"]).parent / "summary.json").is_file(),
-    ray_train=True,
+    ray="train",
 ))
 
 
 def run_expand_stage(call: StageCall) -> dict:
     from batray.expansion.run import run_expand
 
-    report = run_expand(call.cfg, src=call["src"], dst=call.plan.outputs["model"], writer_cls=call.kit.shard_writer)
+    report = run_expand(call.cfg, src=call["src"], dst=call.plan.outputs["model"], writer_cls=call.kit.get("shard_writer"))
     return {"source": report.get("source"), "target": report.get("target"), "logit_deviation": report.get("deviation")}
 
 
@@ -120,7 +120,7 @@ register(Stage(
     (Input("model", ("sft.init_from",), latest_model(MODELS_BEFORE_SFT), kind="checkpoint"),
      Input("data", ("sft.data", "data.sft"), demo_file("sft.jsonl"))),
     _final, run_sft_stage,
-    ray_train=True,
+    ray="train",
 ))
 
 
@@ -144,6 +144,7 @@ register(Stage(
      Input("prompts", ("pairs.prompts", "data.prompts"), demo_file("prompts.jsonl")),
      Input("world", (), demo_file("world.json"), unused=_world_unused)),
     _file("pairs", "pairs.parquet"), run_pairs_stage,
+    ray="actors",
 ))
 
 
@@ -174,6 +175,7 @@ register(Stage(
      Input("world", (), demo_file("world.json"),
            unused=lambda cfg: _local_judge(cfg) or (None if cfg.label.local_judge == "world" else "label.local_judge is not world"))),
     _file("ai_labels", "ai.parquet"), run_label_stage,
+    ray="actors",
 ))
 
 
@@ -213,7 +215,7 @@ register(Stage(
     (Input("model", ("reward.init_from",), latest_model(MODELS_AFTER_SFT), kind="checkpoint"),
      Input("data", ("reward.data",), output_of("prefs", "preferences"))),
     _final, run_reward_stage,
-    ray_train=True,
+    ray="train",
 ))
 
 
@@ -246,6 +248,7 @@ register(Stage(
      Input("ptx_corpus", ("ppo.ptx_data", "data.corpus"), demo_file("corpus.jsonl"),
            unused=lambda cfg: "ppo.ptx_coef is 0" if cfg.ppo.ptx_coef == 0 else None)),
     _final, run_ppo_stage,
+    ray="actors",
 ))
 
 
@@ -273,4 +276,5 @@ register(Stage(
     (Input("models", ("eval.models",), _eval_models, kind="checkpoint"),
      Input("benchmarks", ("eval.data", "data.benchmarks"), demo_file("benchmarks"))),
     _file("tables", "tables.md"), run_eval_stage,
+    ray="actors",
 ))

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from batray.checkpoint import is_complete
 from batray.config import STAGES, RecipeConfig, join_uri
 from batray.errors import BatrayError
-from batray.models.presets import is_hub_id
+from batray.models.hub import is_hub_id
 
 InputKind = Literal["checkpoint", "data", "endpoint"]
 Status = Literal["done", "partial", "new"]
@@ -71,7 +71,9 @@ class Stage:
     outputs: Callable[[RecipeConfig, str], dict[str, str]]  # (cfg, out_dir) -> {name: path}
     run: Callable[["StageCall"], dict]  # returns a summary for the run state and the report
     done: Callable[[dict[str, str]], bool] | None = None  # from the outputs; default: all present/complete
-    ray_train: bool = False  # it trains on Ray Train: `run_stage` starts a local cluster in the background first
+    # "train": it trains on Ray Train; "actors": it runs Ray actors. Either way `run_stage` starts a local
+    # cluster in the background first (with Ray Train's coordinator for "train"), while the stage reads its data.
+    ray: Literal["train", "actors"] | None = None
 
 
 @dataclass

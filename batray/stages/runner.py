@@ -35,8 +35,8 @@ def run_stage(cfg: RecipeConfig, name: str, kit: ActorKit, *, out_dir: str | Non
             log.info("%s: no data configured: generating the demo world into %s", name, data.out_dir)
             data.stage.run(StageCall(cfg, data, kit))
     check_inputs(plan)
-    if plan.stage.ray_train and plan.status != "done":
-        start_ray_early(cfg)  # a local cluster's processes start while the stage reads its data
+    if plan.stage.ray and plan.status != "done":
+        start_ray_early(cfg, train=plan.stage.ray == "train")  # a local cluster starts while the stage reads its data
     try:
         summary = plan.stage.run(StageCall(cfg, plan, kit)) or {}
     finally:
@@ -87,8 +87,6 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
     """Every selected stage in order (a finished one skips itself, a partial one resumes), then the report."""
     from rich.console import Console
 
-    from batray.ray_session import init_ray
-
     console = Console(stderr=True)
     check_trackers(cfg.logging.report_to)
     cfg = in_run_group(cfg)  # one tracker group for the recipe's stages
@@ -97,7 +95,11 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
     (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg))
     state = load_state(cfg.run_dir)
     state["config_hash"] = cfg.digest()
-    init_ray(cfg)
+    # The local cluster starts now, in the background, while the first stages (the demo data, its tokenizer)
+    # run; the first stage on Ray waits for it. A run whose stages are all done starts none.
+    todo = [plan for plan in plan_recipe(cfg, stages) if plan.status != "done"]
+    if any(plan.stage.ray for plan in todo):
+        start_ray_early(cfg, train=any(plan.stage.ray == "train" for plan in todo))
     for i, stage in enumerate(stages, 1):
         console.rule(f"[bold]{i}/{len(stages)} {stage}")
         started = time.time()
