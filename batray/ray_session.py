@@ -54,12 +54,13 @@ def cluster_address(cfg: RecipeConfig | None) -> str | None:
 _early: dict = {}  # the local cluster being started in the background: thread, error, env to restore
 
 
-def start_ray_early(cfg: RecipeConfig | None, *, train: bool = True) -> None:
+def start_ray_early(cfg: RecipeConfig | None, *, train: bool = True) -> bool:
     """Start the local cluster `init_ray(cfg)` would start, in a background thread, so that its processes
     (GCS, raylet, dashboard head, agents: each a Python process importing ray) start while the command
     imports torch and reads and tokenizes its data; `init_ray` then waits for it (`finish_early_start`).
     `batray.stages.run_stage` calls it for a stage on Ray, before the stage imports torch; with `train`
-    (a Ray Train stage), Ray Train's autoscaling coordinator starts with the cluster.
+    (a Ray Train stage), Ray Train's autoscaling coordinator starts with the cluster. True when this call
+    started one (its caller then calls `finish_early_start` when done, in case nothing used Ray).
 
     Nothing happens when Ray is up or the config joins a running cluster (connecting is quick). The
     environment the workers inherit (`local_worker_env`) is set here, in the calling thread (setting
@@ -69,7 +70,7 @@ def start_ray_early(cfg: RecipeConfig | None, *, train: bool = True) -> None:
     import ray
 
     if _early or ray.is_initialized() or cluster_address(cfg):
-        return
+        return False
     kwargs = {**_init_kwargs(cfg), **local_cluster_kwargs(cfg)}
     env = contextlib.ExitStack()
     env.enter_context(environ(local_worker_env(cfg)))
@@ -94,6 +95,7 @@ def start_ray_early(cfg: RecipeConfig | None, *, train: bool = True) -> None:
 
     _early.update(started=started, env=env, error=None)
     threading.Thread(target=start, name="batray-ray-start", daemon=True).start()
+    return True
 
 
 def prestart_train_coordinator() -> None:

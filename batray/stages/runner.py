@@ -35,12 +35,14 @@ def run_stage(cfg: RecipeConfig, name: str, kit: ActorKit, *, out_dir: str | Non
             log.info("%s: no data configured: generating the demo world into %s", name, data.out_dir)
             data.stage.run(StageCall(cfg, data, kit))
     check_inputs(plan)
-    if plan.stage.ray and plan.status != "done":
-        start_ray_early(cfg, train=plan.stage.ray == "train")  # a local cluster starts while the stage reads its data
+    cluster_started = False
+    if plan.stage.ray and plan.status != "done":  # a local cluster starts while the stage reads its data
+        cluster_started = start_ray_early(cfg, train=plan.stage.ray == "train")
     try:
         summary = plan.stage.run(StageCall(cfg, plan, kit)) or {}
     finally:
-        finish_early_start()  # a stage that stopped before `init_ray`: the start is waited for, the env restored
+        if cluster_started:  # a stage that stopped before `init_ray`: the start is waited for, the env restored
+            finish_early_start()
     return StageResult(resolve(cfg, name, out_dir=out_dir), summary)
 
 
@@ -98,8 +100,29 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
     # The local cluster starts now, in the background, while the first stages (the demo data, its tokenizer)
     # run; the first stage on Ray waits for it. A run whose stages are all done starts none.
     todo = [plan for plan in plan_recipe(cfg, stages) if plan.status != "done"]
-    if any(plan.stage.ray for plan in todo):
-        start_ray_early(cfg, train=any(plan.stage.ray == "train" for plan in todo))
+    cluster_started = any(plan.stage.ray for plan in todo) and start_ray_early(
+        cfg, train=any(plan.stage.ray == "train" for plan in todo))
+    try:
+        _run_stages(cfg, kit, stages, state, console)
+    finally:
+        if cluster_started:  # no stage reached `init_ray` (all failed or skipped before it): wait, restore the env
+            finish_early_start()
+    if report:
+        from batray.measure import measure_run
+        from batray.report import build_report
+
+        console.rule("[bold]measure: every stage's claim on held-out data")
+        started = time.time()
+        measurements = measure_run(cfg, kit)
+        console.print(f"measured in {time.time() - started:.1f}s")
+        path = build_report(cfg.run_dir, state, measurements)
+        console.print(f"report: {path}")
+        state["report"] = str(path)
+    return state
+
+
+def _run_stages(cfg: RecipeConfig, kit: ActorKit, stages: list[str], state: dict, console) -> None:
+    """Each stage in order, its status, time and summary kept in `run_state.json` as it goes."""
     for i, stage in enumerate(stages, 1):
         console.rule(f"[bold]{i}/{len(stages)} {stage}")
         started = time.time()
@@ -123,15 +146,3 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
         entry["status"] = "done"
         save_state(cfg.run_dir, state)
         console.print(f"{stage}: done in {elapsed:.1f}s -> {plan['outputs']}")
-    if report:
-        from batray.measure import measure_run
-        from batray.report import build_report
-
-        console.rule("[bold]measure: every stage's claim on held-out data")
-        started = time.time()
-        measurements = measure_run(cfg, kit)
-        console.print(f"measured in {time.time() - started:.1f}s")
-        path = build_report(cfg.run_dir, state, measurements)
-        console.print(f"report: {path}")
-        state["report"] = str(path)
-    return state
