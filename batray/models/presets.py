@@ -125,7 +125,5 @@ def describe(preset_or_path: str) -> dict:
     return info
 
 
-
-
 def is_checkpoint_dir(path: str) -> bool:
     return (Path(path) / "config.json").is_file()
