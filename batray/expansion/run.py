@@ -19,7 +19,7 @@ from batray.config import RecipeConfig
 from batray.errors import BatrayError
 from batray.expansion import REPORT, ExpansionPlan, Request, expand, plan_expansion, run_serially
 from batray.progress import Progress
-from batray.ray_session import init_ray
+from batray.ray_session import cluster_address, init_ray
 
 log = logging.getLogger("batray.expand")
 
@@ -33,12 +33,12 @@ SERIAL_MAX_CPUS = 2
 def writes_in_process(cfg: RecipeConfig, num_shards: int) -> bool:
     """Whether `expand` writes every shard in its own process rather than through a pool of writer actors:
     one shard or one writer asked for; or `num_writers` unset, no Ray cluster to join (none initialized,
-    no RAY_ADDRESS) and at most `SERIAL_MAX_CPUS` CPUs here."""
+    no `ray.address` or RAY_ADDRESS) and at most `SERIAL_MAX_CPUS` CPUs here."""
     import ray
 
     if num_shards == 1 or cfg.expand.num_writers == 1:
         return True
-    if cfg.expand.num_writers is not None or ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+    if cfg.expand.num_writers is not None or ray.is_initialized() or cluster_address(cfg):
         return False
     return (os.cpu_count() or 1) <= SERIAL_MAX_CPUS
 

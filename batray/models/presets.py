@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batray.errors import BatrayError
-from batray.models.hub import is_hub_id  # noqa: F401 - the historical import path
 
 if TYPE_CHECKING:  # torch and transformers are imported where a model or config is made: the stage
     import torch  # registry reads PRESETS before a command starts its Ray cluster

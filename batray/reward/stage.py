@@ -20,7 +20,8 @@ from batray.data.formats import Keys
 from batray.data.io import write_rejected
 from batray.data.sources import source_exists
 from batray.errors import BatrayError, DataError
-from batray.models.presets import PRESETS, is_checkpoint_dir, is_hub_id
+from batray.models.hub import is_hub_id
+from batray.models.presets import PRESETS, is_checkpoint_dir
 from batray.ray_session import init_ray
 from batray.reward.data import encode_triples, load_triples, render, split_held_out
 from batray.reward.task import RewardTask, triple_rows, write_triples
