@@ -613,6 +613,6 @@ def measure_run(cfg: RecipeConfig, kit=None) -> dict:
         from batray.eval.run import model_labels
 
         models = model_labels(resolve(cfg, "eval").inputs["models"].value or [])
-        scorer = getattr(kit, "eval_scorer", None) if kit is not None else None
+        scorer = kit.get("eval_scorer") if kit is not None else None
         attempt("eval", measure_real_cmmlu, cfg, models, str(run / "measure"), scorer)
     return {"headline": [asdict(r) for r in rows], "stages": details}

@@ -198,3 +198,19 @@ def test_full_cmmlu_test_on_a_tiny_model(ray_session, tiny_checkpoint, tmp_path,
     progress = [r for r in caplog.records if "items (" in r.getMessage()]
     assert len(progress) >= 5  # a log line per ~10% when not on a terminal
     print(f"full CMMLU test: {results['n']} items in {elapsed:.0f}s ({results['items_per_s']} items/s scoring)")
+
+
+def test_report_scores_real_cmmlu_with_the_stage_kit(ray_session, knowing_checkpoint, demo_benchmarks, tmp_path,
+                                                    monkeypatch):
+    """The report's real-CMMLU row gets its scorer class from the actor kit (named by import path) and
+    measures, rather than failing the row (the demo's CMMLU layout stands in for ../shared/datasets)."""
+    from actors import kit
+    from batray.measure import measure_run
+
+    monkeypatch.setenv("BATRAY_SHARED_DATASETS", demo_benchmarks)
+    cfg = load_config(None, [f"run_dir={tmp_path}", "stages=[eval]", f"eval.models=[{knowing_checkpoint}]"])
+    (tmp_path / "eval").mkdir()
+    doc = measure_run(cfg, kit())
+    rows = [r for r in doc["headline"] if r["claim"].startswith("a toy model is at chance on real CMMLU")]
+    assert len(rows) == 1 and rows[0]["held"] is not None, doc["headline"]
+    assert "/" in rows[0]["figure"]  # "label: 33.3% (k/n; ...)"
