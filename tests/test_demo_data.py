@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from batray.config import DemoDataConfig
-from batray.data.demo import build_world, generate_demo
+from batray.data.demo import _fact_of, _questions as _askable, build_world, generate_demo
 from batray.data.demo_text import CEVAL_SUBJECTS, CMMLU_SUBJECTS
 from batray.data.io import read_rows
 from batray.data.world import DERIVED, RELATIONS, World
@@ -278,6 +279,71 @@ def test_held_out_and_unseen_facts_stay_out(demo, world):
     halluc, _ = read_rows(demo["hallucination"], "prompts")
     assert {r["kind"] for r in halluc} == {"held_out", "unseen"}
     assert {r["fact_id"] for r in halluc} == set(world.held_out) | set(world.unseen)
+
+
+def _faq_pages(corpus_path: str, world: World) -> list[tuple[str, str, str]]:
+    """(question id, lang, answer text) of every corpus text whose first sentence is a demo question."""
+    found = []
+    for line in Path(corpus_path).read_text(encoding="utf-8").splitlines():
+        text = json.loads(line)["text"]
+        m = re.match(r"(.+?[?.？。])\s*(.*)", text)
+        if m and (qid := world.question_id(m.group(1))):
+            found.append((qid, "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en", m.group(2)))
+    return found
+
+
+def test_faq_pages_ask_every_stated_fact_in_the_corpus_only(tmp_path):
+    plain = generate_demo(str(tmp_path / "plain"), SMALL)
+    faq = generate_demo(str(tmp_path / "faq"), SMALL.model_copy(update={"faq_repeats": 2}))
+    world = World.load(faq["world"])
+    assert _faq_pages(plain["corpus"], world) == []
+    pages = _faq_pages(faq["corpus"], world)
+    asked: dict[tuple[str, str], int] = {}
+    for qid, lang, answer in pages:
+        asked[(qid, lang)] = asked.get((qid, lang), 0) + 1
+        assert world.check_answer(qid, answer), (qid, answer)
+    stated = [(r, s) for r, s in _askable(world) if _fact_of(r, s, world) not in world.unseen]
+    assert asked == {(f"{r}:{s}", lang): 2 for r, s in stated for lang in ("en", "zh")}
+    # Held-out facts are asked in the corpus; instruction and RL files are byte-identical to the plain world's.
+    assert any(_fact_of(*qid.split(":", 1), world) in world.held_out for qid, _, _ in pages)
+    skip = {"corpus.jsonl", "manifest.json"}
+    assert {k: v for k, v in _files(str(tmp_path / "plain")).items() if k not in skip} == {
+        k: v for k, v in _files(str(tmp_path / "faq")).items() if k not in skip
+    }
+
+
+def _answers(sft_path: str) -> list[tuple[str, str]]:
+    """(question, answer) of every single-turn SFT row and of every dialogue's first turn."""
+    out = []
+    for line in Path(sft_path).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if "prompt" in row:
+            out.append((row["prompt"], row["response"]))
+        else:
+            turns = [m for m in row["messages"] if m["role"] != "system"]
+            out.append((turns[0]["content"], turns[1]["content"]))
+    return out
+
+
+def test_short_answer_style_names_the_object_alone_and_still_checks_out(tmp_path):
+    sentence = generate_demo(str(tmp_path / "sentence"), SMALL)
+    short = generate_demo(str(tmp_path / "short"), SMALL.model_copy(update={"answer_style": "short"}))
+    world = World.load(short["world"])
+    long_rows, short_rows = _answers(sentence["sft"]), _answers(short["sft"])
+    # The same questions in the same order (the style draws nothing from the rng); only answers differ.
+    assert [q for q, _ in long_rows] == [q for q, _ in short_rows] and len(short_rows) > 50
+    for (question, long_answer), (_, short_answer) in zip(long_rows, short_rows):
+        if (qid := world.question_id(question)) is None:  # small talk is answered alike in both styles
+            assert short_answer == long_answer
+            continue
+        assert world.check_answer(qid, short_answer), (question, short_answer)
+        obj = short_answer.rstrip(".。")
+        assert short_answer in (f"{obj}.", f"{obj}。") and obj in long_answer and len(short_answer) < len(long_answer)
+    # Everything but the SFT file is untouched.
+    skip = {"sft.jsonl", "manifest.json"}
+    assert {k: v for k, v in _files(str(tmp_path / "sentence")).items() if k not in skip} == {
+        k: v for k, v in _files(str(tmp_path / "short")).items() if k not in skip
+    }
 
 
 def test_smallest_world_still_fills_every_file(tmp_path):

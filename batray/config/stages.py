@@ -17,6 +17,14 @@ class DemoDataConfig(Schema):
     num_countries: int = Field(default=24, ge=4)
     num_people: int = Field(default=24, ge=4)
     corpus_repeats: int = Field(default=4, ge=1, description="paraphrases of each fact in the corpus")
+    faq_repeats: int = Field(
+        default=0, ge=0,
+        description="question-and-answer pages per askable question and language in the corpus (held-out facts included)",
+    )
+    answer_style: Literal["sentence", "short"] = Field(
+        default="sentence",
+        description="SFT answers: a sentence restating the question's subject, or the object alone",
+    )
     held_out_share: float = Field(
         default=0.15, ge=0, le=0.5, description="share of facts stated in the corpus but never asked in sft/prompts"
     )

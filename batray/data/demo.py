@@ -49,6 +49,8 @@ from batray.data.world import Entity, Fact, World, normalize
 __all__ = ["generate_demo", "ensure_demo", "build_world", "World"]
 
 LANGS = ("en", "zh")
+# `answer_style: short`: the answer names the object alone, without restating the question's subject.
+SHORT_ANSWER = {"en": "{o}.", "zh": "{o}。"}
 LETTERS = "ABCD"
 CREATED_AT = "2024-01-01T00:00:00+00:00"  # fixed, so the output is byte-identical for a seed
 
@@ -190,7 +192,7 @@ def _distractors(world: World, relation: str, subject: str, rng: random.Random, 
 # ---- the files ---------------------------------------------------------------------------------
 
 
-def corpus_rows(world: World, repeats: int, rng: random.Random) -> list[dict]:
+def corpus_rows(world: World, repeats: int, rng: random.Random, faq_repeats: int = 0) -> list[dict]:
     unseen = set(world.unseen)
     texts: list[str] = []
     for f in world.facts.values():
@@ -212,15 +214,42 @@ def corpus_rows(world: World, repeats: int, rng: random.Random) -> list[dict]:
                         parts.append(render(world, TEMPLATES[r]["state"][lang][0], e.id, obj, lang))
                 texts.append((" " if lang == "en" else "").join(parts))
     texts += GENERIC["en"] + GENERIC["zh"]
+    texts += faq_texts(world, faq_repeats, random.Random(f"{world.seed}:faq"))
     rng.shuffle(texts)
     return [{"text": t} for t in texts]
 
 
-def _qa(world: World, relation: str, subject: str, lang: str, rng: random.Random) -> tuple[str, str]:
+def faq_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
+    """Question-and-answer pages: every askable question of a stated fact (held-out ones included),
+    `repeats` times per language, each a question phrasing followed by its answer sentence.
+
+    Web corpora hold such text (FAQ pages, forums); a model this small does not learn from plain
+    statements alone to answer a question about a fact it was never asked about (README, `make run`).
+    These pages are pretraining text, not instruction data: no chat template, no end-of-turn, and
+    held-out facts stay out of sft/prompts.
+    """
+    unseen = set(world.unseen)
+    texts: list[str] = []
+    for relation, subject in _questions(world):
+        if _fact_of(relation, subject, world) in unseen:
+            continue
+        for lang in LANGS:
+            asks = list(TEMPLATES[relation]["ask"][lang])
+            rng.shuffle(asks)
+            for i in range(repeats):
+                q = render(world, asks[i % len(asks)], subject, None, lang)
+                a = render(world, TEMPLATES[relation]["answer"][lang][0], subject,
+                           _gold_object(world, relation, subject), lang)
+                texts.append(f"{q} {a}" if lang == "en" else q + a)
+    return texts
+
+
+def _qa(world: World, relation: str, subject: str, lang: str, rng: random.Random,
+        short: bool = False) -> tuple[str, str]:
     obj = _gold_object(world, relation, subject)
     q = render(world, rng.choice(TEMPLATES[relation]["ask"][lang]), subject, None, lang)
-    a = render(world, rng.choice(TEMPLATES[relation]["answer"][lang]), subject, obj, lang)
-    return q, a
+    a = rng.choice(TEMPLATES[relation]["answer"][lang])
+    return q, render(world, SHORT_ANSWER[lang] if short else a, subject, obj, lang)
 
 
 def _instructable(world: World) -> list[tuple[str, str]]:
@@ -229,11 +258,11 @@ def _instructable(world: World) -> list[tuple[str, str]]:
     return [(r, s) for r, s in _questions(world) if _fact_of(r, s, world) not in hidden]
 
 
-def sft_rows(world: World, rng: random.Random) -> list[dict]:
+def sft_rows(world: World, rng: random.Random, short: bool = False) -> list[dict]:
     rows: list[dict] = []
     for relation, subject in _instructable(world):
         for lang in LANGS:
-            q, a = _qa(world, relation, subject, lang, rng)
+            q, a = _qa(world, relation, subject, lang, rng, short)
             rows.append({"prompt": q, "response": a})
     # Dialogues about one country or person: first question names it, follow-ups refer back to it.
     hidden = set(world.held_out) | set(world.unseen)
@@ -249,10 +278,10 @@ def sft_rows(world: World, rng: random.Random) -> list[dict]:
             messages: list[dict] = []
             if j % 2 == 0:
                 messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS[lang])})
-            q, a = _qa(world, asked[0], e.id, lang, rng)
+            q, a = _qa(world, asked[0], e.id, lang, rng, short)
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             for r in asked[1:]:
-                _, a = _qa(world, r, e.id, lang, rng)
+                _, a = _qa(world, r, e.id, lang, rng, short)
                 follow = TEMPLATES[r]["follow"][lang][0]
                 messages += [{"role": "user", "content": follow}, {"role": "assistant", "content": a}]
             rows.append({"messages": messages})
@@ -467,8 +496,8 @@ def generate_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, 
             written[name] = (rel, rows)
 
     put("world", "world.json", world.to_json().encode("utf-8"), len(world.facts))
-    put("corpus", "corpus.jsonl", _jsonl(rows := corpus_rows(world, cfg.corpus_repeats, stream("corpus"))), len(rows))
-    put("sft", "sft.jsonl", _jsonl(rows := sft_rows(world, stream("sft"))), len(rows))
+    put("corpus", "corpus.jsonl", _jsonl(rows := corpus_rows(world, cfg.corpus_repeats, stream("corpus"), cfg.faq_repeats)), len(rows))
+    put("sft", "sft.jsonl", _jsonl(rows := sft_rows(world, stream("sft"), cfg.answer_style == "short")), len(rows))
     prompts = prompt_rows(world, stream("prompts"))
     put("prompts", "prompts.jsonl", _jsonl(prompts), len(prompts))
     put("preferences", "preferences.jsonl", _jsonl(rows := preference_rows(world, prompts, stream("prefs"))), len(rows))
