@@ -593,7 +593,7 @@ def measure_run(cfg: RecipeConfig, kit=None) -> dict:
         details.setdefault(stage, {}).update(info)
 
     corpus = resolve(cfg, "pretrain").inputs["corpus"].value if "pretrain" in stages or "grow" in stages else None
-    for stage in ("pretrain", "grow"):
+    for stage in [s for s in stages if s in ("pretrain", "grow")]:  # recipe order: pretrain may continue grow's model
         if done(stage) and corpus:
             scratch = join_uri(cfg.stage_dir("grow"), "scratch/final") if stage == "grow" else None
             attempt(stage, measure_pretrain, cfg, done(stage), corpus, scratch, stage)

@@ -49,7 +49,7 @@ def test_a_stage_reaches_its_cluster_start_without_importing_torch(tmp_path):
     assert out["heavy"] == []
     # the stages that start a cluster early, and which of them bring Ray Train's coordinator with it
     assert {s: r for s, r in out["ray"].items() if r} == {
-        "grow": "train", "sft": "train", "reward": "train", "pairs": "actors", "label": "actors", "ppo": "actors",
+        "grow": "train", "pretrain": "train", "sft": "train", "reward": "train", "pairs": "actors", "label": "actors", "ppo": "actors",
         "eval": "actors"}
 
 

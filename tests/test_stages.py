@@ -58,6 +58,19 @@ def test_sft_starts_from_model_path_alone_and_in_run(tmp_path, capsys, tiny_chec
     assert f"<- model  {tmp_path}/expand/final  [output of expand]" in same_plan_alone_and_in_run(capsys, "sft", tmp_path)
 
 
+def test_pretraining_after_expand_continues_the_widened_model_and_sft_takes_it(tmp_path):
+    def plan(stages: str, stage: str):
+        return resolve(load_config(None, [f"run_dir={tmp_path}", f"stages={stages}"]), stage)
+
+    # first in the recipe: from scratch; after grow and expand: the widened model, then SFT starts from it
+    assert plan("[data,pretrain,grow,expand,sft]", "pretrain").value("init") is None
+    continued = plan("[data,grow,expand,pretrain,sft]", "pretrain")
+    assert continued.value("init") == f"{tmp_path}/expand/final"
+    assert plan("[data,grow,expand,pretrain,sft]", "expand").value("src") == f"{tmp_path}/grow/final"
+    assert plan("[data,grow,expand,pretrain,sft]", "sft").value("model") == f"{tmp_path}/pretrain/final"
+    assert plan("[data,grow,pretrain,sft]", "pretrain").value("init") == f"{tmp_path}/grow/final"
+
+
 def test_missing_inputs_are_one_line_naming_the_stage_to_run(tmp_path, capsys):
     assert cli(["sft", "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

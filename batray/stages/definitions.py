@@ -67,10 +67,19 @@ def run_pretrain_stage(call: StageCall) -> dict:
     return {}
 
 
+def continued_or_scratch(cfg: RecipeConfig, consumer: str) -> Resolved:
+    """Pretraining after grow or expand in `stages` continues the grown/widened model (Algorithm 1's "train
+    again" after an expansion); pretraining first in the recipe starts from scratch."""
+    order = list(cfg.stages)
+    before = order[: order.index(consumer)] if consumer in order else []
+    if any(s in before for s in ("grow", "expand")):
+        return latest_model(("grow", "expand"))(cfg, consumer)
+    return Resolved(None, f"from scratch ({cfg.model.preset})")
+
+
 register(Stage(
     "pretrain", "§3.1, Eq. 1", "bidirectional autoregressive pretraining on Ray Train",
-    (CORPUS, Input("init", ("pretrain.init_from", "model.path"), lambda cfg, _: Resolved(None, f"from scratch ({cfg.model.preset})"),
-                   kind="checkpoint", optional=True)),
+    (CORPUS, Input("init", ("pretrain.init_from", "model.path"), continued_or_scratch, kind="checkpoint", optional=True)),
     _final, run_pretrain_stage,
     ray="train",
 ))
