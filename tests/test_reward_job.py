@@ -65,18 +65,21 @@ def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_ses
 
     from batray.reward.stage import run_reward, summary
 
-    data = write_prefs(tmp_path / "prefs.jsonl", demo_world_preferences(tie_every=4))
-    cfg = reward_cfg(tmp_path / "run", "reward.max_steps=240", "reward.eval_every=80", "reward.held_out_fraction=0.25")
+    data = write_prefs(tmp_path / "prefs.jsonl", demo_world_preferences(n_entities=16, tie_every=4))
+    cfg = reward_cfg(tmp_path / "run", "reward.max_steps=320", "reward.eval_every=80", "reward.held_out_fraction=0.25")
     out = tmp_path / "run" / "reward"
     final = run_reward(cfg, str(out), init_from="batgpt-tiny", data=data)
 
     meta = read_marker(final)
     held = meta["reward_stats"]["held_out"]
-    assert meta["stage"] == "reward" and meta["step"] == 240
-    assert held["strict_pairs"] >= 30
-    # Clearly above chance: measured 0.79 (26 of 33 held-out pairs; P(>= 24 of 33 | coin) < 0.01). A random-
-    # init tiny backbone learns the facts only from the training pairs: 80 steps gave 0.61, 160 gave 0.70.
-    assert held["accuracy"] >= 0.72, summary(final)
+    assert meta["stage"] == "reward" and meta["step"] == 320
+    assert held["strict_pairs"] >= 60
+    # Clearly above chance, with a bar set from the spread over seeds, since the trajectory differs between
+    # CPUs like a change of seed: 8 entities (33 held-out pairs) gave 0.64-0.79 over seeds 0-4 at 240 and
+    # at 400 steps (one CPU failed the former 0.72 bar at seed 0, 23/33), sampling noise of 33 pairs. With
+    # 16 entities, 67 pairs: 0.687-0.746 over seeds 0-3 (46-50 of 67). The bar, 43 of 67, is 3 pairs under
+    # the lowest and P(>= 43 of 67 | coin) ~ 0.01.
+    assert held["accuracy"] >= 0.64, summary(final)
     assert held["ties"] > 0 and held["tie_accuracy"] is not None
     assert sum(row["pairs"] + row["ties"] for row in held["calibration"]) == held["pairs"]
     stats = json.loads((out / "final" / "reward_stats.json").read_text())
@@ -84,7 +87,7 @@ def test_reward_on_demo_world_preferences_beats_chance_on_held_out_pairs(ray_ses
     assert AutoModelForSequenceClassification.from_pretrained(final).config.num_labels == 1
 
     rows = read_metrics(out)
-    assert [r["step"] for r in rows] == list(range(10, 241, 10))
+    assert [r["step"] for r in rows] == list(range(10, 321, 10))
     for r in rows:  # Eq. 3 with its constant tie term = without it, weighted by the strict share
         assert r["loss"] == pytest.approx(r["loss_eq3"])
         assert r["loss_eq3"] == pytest.approx(r["tie_share"] * 1.0 + (1 - r["tie_share"]) * r["loss_eq3_strict"], rel=1e-4)
