@@ -236,10 +236,9 @@ def faq_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
         for lang in LANGS:
             asks = list(TEMPLATES[relation]["ask"][lang])
             rng.shuffle(asks)
+            a = render(world, TEMPLATES[relation]["answer"][lang][0], subject, _gold_object(world, relation, subject), lang)
             for i in range(repeats):
                 q = render(world, asks[i % len(asks)], subject, None, lang)
-                a = render(world, TEMPLATES[relation]["answer"][lang][0], subject,
-                           _gold_object(world, relation, subject), lang)
                 texts.append(f"{q} {a}" if lang == "en" else q + a)
     return texts
 
@@ -248,8 +247,8 @@ def _qa(world: World, relation: str, subject: str, lang: str, rng: random.Random
         short: bool = False) -> tuple[str, str]:
     obj = _gold_object(world, relation, subject)
     q = render(world, rng.choice(TEMPLATES[relation]["ask"][lang]), subject, None, lang)
-    a = rng.choice(TEMPLATES[relation]["answer"][lang])
-    return q, render(world, SHORT_ANSWER[lang] if short else a, subject, obj, lang)
+    sentence = rng.choice(TEMPLATES[relation]["answer"][lang])  # drawn in both styles: the rng stream stays the same
+    return q, render(world, SHORT_ANSWER[lang] if short else sentence, subject, obj, lang)
 
 
 def _instructable(world: World) -> list[tuple[str, str]]:
