@@ -13,7 +13,7 @@ stage never trained on, and returns one row per claim (`Claim`) plus the figures
   prompted with the chat template) and after; the share of answers that end with the end-of-turn token;
   and, to say why when it does not hold, whether each model holds the held-out facts (`knowledge_probe`)
   and how many answers name the entity asked about (`names_subject`).
-- reward: pairwise accuracy on the pairs the reward stage held out (by pair id), against 50%.
+- reward: pairwise accuracy on the pairs the reward stage held out (by pair id; the pairs of one prompt together), against 50%.
 - ppo: on the same held-out questions, the same seeded sampling for the SFT and the PPO policy: mean
   reward (the reward model's normalized score), world-graded accuracy, KL(PPO || SFT reference).
 - eval: the demo benchmarks' accuracy for each evaluated model against chance (25%), claimed for the
@@ -460,7 +460,7 @@ def measure_reward(reward_model: str) -> tuple[list[Claim], dict]:
     n = held_out["strict_pairs"]
     k = round(held_out["accuracy"] * n)
     acc = proportion(k, n)
-    row = Claim("reward", claim, f"pairwise accuracy on {n} strict pairs held out by pair id (never trained on)",
+    row = Claim("reward", claim, f"pairwise accuracy on {n} strict pairs held out by pair id, a prompt's pairs together (never trained on)",
                 "50% (a coin)", pct(acc), acc["low"] > 0.5,
                 note="" if acc["low"] > 0.5 else "the interval reaches 50%", values={"accuracy": acc})
     return [row], {"accuracy": acc, "ties": held_out.get("ties"), "tie_accuracy": held_out.get("tie_accuracy"),

@@ -11,7 +11,7 @@ import pytest
 
 from batray.config import DemoDataConfig
 from batray.data.demo import _fact_of, _questions as _askable, build_world, generate_demo
-from batray.data.demo_text import CEVAL_SUBJECTS, CMMLU_SUBJECTS
+from batray.data.demo_text import CEVAL_SUBJECTS, CMMLU_SUBJECTS, QUIZ_LAYOUTS
 from batray.data.io import read_rows
 from batray.data.world import DERIVED, RELATIONS, World
 from batray.errors import DataError
@@ -309,6 +309,45 @@ def test_faq_pages_ask_every_stated_fact_in_the_corpus_only(tmp_path):
     skip = {"corpus.jsonl", "manifest.json"}
     assert {k: v for k, v in _files(str(tmp_path / "plain")).items() if k not in skip} == {
         k: v for k, v in _files(str(tmp_path / "faq")).items() if k not in skip
+    }
+
+
+def _quiz_pages(corpus_path: str, world: World) -> list[tuple[str, str, str, str]]:
+    """(question id, lang, layout's answer cue, answer) of every corpus text laid out as a quiz page."""
+    cues = [(lang, layout.split("{q}")[0], layout.split("{q}")[1].split("{a}")[0])
+            for lang, layouts in QUIZ_LAYOUTS.items() for layout in layouts]
+    found = []
+    for line in Path(corpus_path).read_text(encoding="utf-8").splitlines():
+        text = json.loads(line)["text"]
+        for lang, lead, cue in cues:
+            if text.startswith(lead) and cue in text:
+                question, answer = text[len(lead):].split(cue, 1)
+                if qid := world.question_id(question):
+                    found.append((qid, lang, cue, answer))
+                    break
+    return found
+
+
+def test_quiz_pages_give_the_object_alone_after_an_answer_cue_for_every_stated_fact(tmp_path):
+    plain = generate_demo(str(tmp_path / "plain"), SMALL)
+    quiz = generate_demo(str(tmp_path / "quiz"), SMALL.model_copy(update={"quiz_repeats": 3}))
+    world = World.load(quiz["world"])
+    assert _quiz_pages(plain["corpus"], world) == []
+    pages = _quiz_pages(quiz["corpus"], world)
+    stated = [(r, s) for r, s in _askable(world) if _fact_of(r, s, world) not in world.unseen]
+    # Each stated question three times per language, once in each layout; the answer is the gold object alone.
+    by_question: dict[tuple[str, str], set[str]] = {}
+    for qid, lang, cue, answer in pages:
+        by_question.setdefault((qid, lang), set()).add(cue)
+        assert world.check_answer(qid, answer), (qid, answer)
+        assert len(answer) <= 20 and not answer.endswith((".", "。")), answer
+    assert len(pages) == 3 * 2 * len(stated)
+    assert by_question == {(f"{r}:{s}", lang): {layout.split("{q}")[1].split("{a}")[0] for layout in QUIZ_LAYOUTS[lang]}
+                           for r, s in stated for lang in ("en", "zh")}
+    assert any(_fact_of(*qid.split(":", 1), world) in world.held_out for qid, *_ in pages)
+    skip = {"corpus.jsonl", "manifest.json"}
+    assert {k: v for k, v in _files(str(tmp_path / "plain")).items() if k not in skip} == {
+        k: v for k, v in _files(str(tmp_path / "quiz")).items() if k not in skip
     }
 
 

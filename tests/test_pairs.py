@@ -7,7 +7,7 @@ import pytest
 
 from batray.config import load_config
 from batray.data.io import write_jsonl
-from batray.data.schemas import PAIRS
+from batray.data.schemas import PAIRS, prompt_group
 from batray.errors import BatrayError
 from batray.serve import start_server
 from batray.stages import run_stage
@@ -42,6 +42,18 @@ def test_policy_sampled_twice(tmp_path, ray_session, tiny_checkpoint):
     assert "unrecognised prompts row (columns [id, text])" in (tmp_path / "pairs" / "rejected_prompts.jsonl").read_text()
     # the stage's output is complete: a rerun keeps it
     assert run_pairs(_cfg(tmp_path), str(tmp_path / "pairs"), model_a=tiny_checkpoint) == out
+
+
+def test_several_samples_per_prompt_are_pairs_of_their_own(tmp_path, ray_session, tiny_checkpoint):
+    write_jsonl(PROMPTS[:2], str(tmp_path / "prompts.jsonl"))
+    out = run_pairs(_cfg(tmp_path, samples_per_prompt=3, shuffle_sides=False), str(tmp_path / "pairs"),
+                    model_a=tiny_checkpoint)
+    rows = pq.read_table(out).to_pylist()
+    assert [r["pair_id"] for r in rows] == ["q0", "q0#1", "q0#2", "q1", "q1#1", "q1#2"]
+    assert [r["prompt"] for r in rows] == [PROMPTS[0]["prompt"]] * 3 + [PROMPTS[1]["prompt"]] * 3
+    assert {prompt_group(r["pair_id"]) for r in rows} == {"q0", "q1"}
+    # each copy is sampled anew (6 tokens at temperature 1 from a random model: equal copies are rare)
+    assert len({r["response_a"] for r in rows}) >= 4
 
 
 def test_b_from_an_endpoint(tmp_path, ray_session, tiny_checkpoint):

@@ -95,6 +95,11 @@ def test_split_is_stable_and_collation_stacks_y_over_y_prime():
     train2, held2 = split_held_out(list(reversed(items)), 0.2)
     assert {t.pair_id for t in held} == {t.pair_id for t in held2}
     assert 20 <= len(held) <= 60 and len(train) + len(held) == 200
+    # The pairs of one prompt (pairs.samples_per_prompt: ids `<id>#<k>`) land on the same side.
+    copies = [EncodedTriple(f"{t.pair_id}#{k}", t.ids_a, t.ids_b, t.d) for t in items for k in (1, 2)]
+    train3, held3 = split_held_out(items + copies, 0.2)
+    assert {t.pair_id.split("#")[0] for t in held3} == {t.pair_id for t in held}
+    assert len(held3) == 3 * len(held) and len(train3) == 3 * len(train)
     batch = collate_triples(items[:3], pad_id=0)
     assert batch["input_ids"].shape == (6, 3)
     assert batch["input_ids"][:3].tolist() == [[5, 0, 0], [5, 5, 0], [5, 5, 5]]

@@ -31,6 +31,11 @@ class PairsConfig(PromptColumns):
     shuffle_sides: bool = Field(
         default=True, description="with two different models, put each model's response on side A or B by a per-pair coin"
     )
+    samples_per_prompt: int = Field(
+        default=1, ge=1,
+        description="pairs per prompt, each with its own samples; ids `<prompt's pair id>#<k>` for k >= 1, and the "
+        "reward stage's held-out split keeps a prompt's pairs together",
+    )
     num_engines: int = Field(default=1, ge=1)
     engine_cpus: float = Field(default=1.0, gt=0)
     sampling: SamplingConfig = SamplingConfig()

@@ -21,6 +21,11 @@ class DemoDataConfig(Schema):
         default=0, ge=0,
         description="question-and-answer pages per askable question and language in the corpus (held-out facts included)",
     )
+    quiz_repeats: int = Field(
+        default=0, ge=0,
+        description="quiz pages (question, answer cue, the object alone) per askable question and language "
+        "in the corpus (held-out facts included)",
+    )
     answer_style: Literal["sentence", "short"] = Field(
         default="sentence",
         description="SFT answers: a sentence restating the question's subject, or the object alone",

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from batray.config import DemoDataConfig
 from batray.data.demo_text import (
     CEVAL_SUBJECTS, CHITCHAT, CMMLU_SUBJECTS, COUNTRY_ENDINGS, CURRENCY_ENDING, GENERIC, INTRO,
-    LANGUAGE_ENDING, MC_STEMS, PROFESSIONS, SYLLABLES, SYSTEM_PROMPTS, TEMPLATES,
+    LANGUAGE_ENDING, MC_STEMS, PROFESSIONS, QUIZ_LAYOUTS, SYLLABLES, SYSTEM_PROMPTS, TEMPLATES,
 )
 from batray.data.io import filesystem
 from batray.data.world import Entity, Fact, World, normalize
@@ -192,7 +192,8 @@ def _distractors(world: World, relation: str, subject: str, rng: random.Random, 
 # ---- the files ---------------------------------------------------------------------------------
 
 
-def corpus_rows(world: World, repeats: int, rng: random.Random, faq_repeats: int = 0) -> list[dict]:
+def corpus_rows(world: World, repeats: int, rng: random.Random, faq_repeats: int = 0,
+                quiz_repeats: int = 0) -> list[dict]:
     unseen = set(world.unseen)
     texts: list[str] = []
     for f in world.facts.values():
@@ -215,6 +216,7 @@ def corpus_rows(world: World, repeats: int, rng: random.Random, faq_repeats: int
                 texts.append((" " if lang == "en" else "").join(parts))
     texts += GENERIC["en"] + GENERIC["zh"]
     texts += faq_texts(world, faq_repeats, random.Random(f"{world.seed}:faq"))
+    texts += quiz_texts(world, quiz_repeats, random.Random(f"{world.seed}:quiz"))
     rng.shuffle(texts)
     return [{"text": t} for t in texts]
 
@@ -240,6 +242,33 @@ def faq_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
             for i in range(repeats):
                 q = render(world, asks[i % len(asks)], subject, None, lang)
                 texts.append(f"{q} {a}" if lang == "en" else q + a)
+    return texts
+
+
+def quiz_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
+    """Quiz pages: every askable question of a stated fact (held-out ones included), `repeats` times per
+    language, in the layouts of `QUIZ_LAYOUTS` taken in turn: the question, an answer cue, the object alone.
+
+    A model this small knows a fact as the continuation of its statement ("X的货币是" -> its currency)
+    but not after an answer cue it never read ("题目：...\n答案是：" -> ?): without these pages the tiny
+    recipe's SFT model chose the right option of 80% of the demo CMMLU items scored right after the stem,
+    and of about 30% after the benchmark's cue (README, `make run`). The questions are the SFT phrasings; like the FAQ pages, this is pretraining
+    text, and held-out facts stay out of sft/prompts.
+    """
+    unseen = set(world.unseen)
+    texts: list[str] = []
+    for relation, subject in _questions(world):
+        if _fact_of(relation, subject, world) in unseen:
+            continue
+        obj = _gold_object(world, relation, subject)
+        for lang in LANGS:
+            asks = list(TEMPLATES[relation]["ask"][lang])
+            rng.shuffle(asks)
+            answer = _name(world, obj, lang) + ("年" if isinstance(obj, int) and lang == "zh" else "")
+            layouts = QUIZ_LAYOUTS[lang]
+            for i in range(repeats):
+                q = render(world, asks[i % len(asks)], subject, None, lang)
+                texts.append(layouts[i % len(layouts)].format(q=q, a=answer))
     return texts
 
 
@@ -495,7 +524,8 @@ def generate_demo(out_dir: str, cfg: DemoDataConfig | None = None) -> dict[str, 
             written[name] = (rel, rows)
 
     put("world", "world.json", world.to_json().encode("utf-8"), len(world.facts))
-    put("corpus", "corpus.jsonl", _jsonl(rows := corpus_rows(world, cfg.corpus_repeats, stream("corpus"), cfg.faq_repeats)), len(rows))
+    put("corpus", "corpus.jsonl", _jsonl(rows := corpus_rows(world, cfg.corpus_repeats, stream("corpus"),
+                                                           cfg.faq_repeats, cfg.quiz_repeats)), len(rows))
     put("sft", "sft.jsonl", _jsonl(rows := sft_rows(world, stream("sft"), cfg.answer_style == "short")), len(rows))
     prompts = prompt_rows(world, stream("prompts"))
     put("prompts", "prompts.jsonl", _jsonl(prompts), len(prompts))

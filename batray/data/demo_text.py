@@ -192,6 +192,13 @@ INTRO: dict[str, dict[str, str]] = {
     "person": {"en": "{s} is a person of some renown.", "zh": "{s}是一位颇有名气的人。"},
 }
 
+# Quiz-page layouts (`data.demo.quiz_repeats`): a question, an answer cue on the next line, the object
+# alone, as exercise and exam-prep pages on the web write them. Repeats take them in turn.
+QUIZ_LAYOUTS: dict[str, list[str]] = {
+    "en": ["Question: {q}\nAnswer: {a}", "Q: {q}\nA: {a}", "{q}\nAnswer: {a}"],
+    "zh": ["题目：{q}\n答案是：{a}", "{q}\n答案：{a}", "问：{q}\n答：{a}"],
+}
+
 # Benchmark question stems (Chinese; the options are the objects), by relation.
 MC_STEMS: dict[str, list[str]] = {
     "capital": ["{s}的首都是", "下列城市中，{s}的首都是"],

@@ -6,6 +6,7 @@ to split a table into accepted rows and rejected rows (with reasons), so nothing
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +18,14 @@ CORPUS = pa.schema([("text", pa.string())])
 SFT_MESSAGES = pa.schema([("messages", pa.list_(MESSAGE))])
 SFT_PAIRS = pa.schema([("prompt", pa.string()), ("response", pa.string())])
 PROMPTS = pa.schema([("prompt", pa.string())])
+SAMPLE_MARK = "#"  # pair id `<id>#<k>`: the k-th further pair of one prompt (pairs.samples_per_prompt)
+
+
+def prompt_group(pair_id: str) -> str:
+    """The pair id of a prompt's first pair, which all pairs of that prompt share (see `SAMPLE_MARK`)."""
+    return re.sub(rf"{SAMPLE_MARK}\d+$", "", pair_id)
+
+
 PAIRS = pa.schema(
     [
         ("pair_id", pa.string()),

@@ -17,7 +17,7 @@ import os
 from batray.config import RecipeConfig, join_uri
 from batray.data.io import exists, write_parquet
 from batray.data.load import load_pairs_prompts
-from batray.data.schemas import PAIRS
+from batray.data.schemas import PAIRS, SAMPLE_MARK
 from batray.errors import BatrayError
 from batray.ray_session import init_ray
 
@@ -139,7 +139,10 @@ def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str, model_b: str | N
         raise BatrayError(f"pairs: model_b {model_b!r} is neither a checkpoint folder, an http(s) endpoint URL "
                           "nor `world`")
     rows_in = load_pairs_prompts(cfg, prompts, out_dir)
-    texts = [r["prompt"] for r in rows_in]
+    # Each prompt `samples_per_prompt` times in a row, its k-th copy (k >= 1) a pair of its own.
+    k = pc.samples_per_prompt
+    ids = [pid if s == 0 else f"{pid}{SAMPLE_MARK}{s}" for pid in pair_ids(rows_in) for s in range(k)]
+    texts = [r["prompt"] for r in rows_in for _ in range(k)]
     init_ray(cfg)
     log.info("pairs: %d prompts; A from %s, B from %s", len(texts), model_a, model_b or "the same model resampled")
     seed_b = pc.seed + 1_000_003
@@ -154,7 +157,7 @@ def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str, model_b: str | N
         else:
             (responses_b,) = generate_with_engines(model_b, texts, cfg, [seed_b], rollout_cls)
     rows = [{"pair_id": pid, "prompt": p, "response_a": a, "response_b": b, "model_a": model_a, "model_b": model_b}
-            for pid, p, a, b in zip(pair_ids(rows_in), texts, responses_a, responses_b)]
+            for pid, p, a, b in zip(ids, texts, responses_a, responses_b)]
     if pc.shuffle_sides:
         rows = [swap_sides(r) if side_swapped(r["pair_id"], pc.seed) else r for r in rows]
     write_parquet(rows, out, PAIRS)

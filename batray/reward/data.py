@@ -27,6 +27,7 @@ import torch
 from batray.data.formats import Keys, parse_hh_dialogue  # noqa: F401 (parse_hh_dialogue: re-exported)
 from batray.data.io import RejectReport
 from batray.data.load import load_preferences
+from batray.data.schemas import prompt_group
 from batray.data.sft import chat_pieces
 from batray.errors import DataError
 from batray.models.chat import SampleError, render_chat, response_ids
@@ -133,8 +134,9 @@ def encode_triples(tokenizer, triples: list[Triple], max_len: int) -> tuple[list
     return out, report
 
 
-def split_held_out(items: list, fraction: float, key=lambda t: t.pair_id) -> tuple[list, list]:
-    """(train, held_out) by a hash of each item's pair id: stable across runs, orders and machines."""
+def split_held_out(items: list, fraction: float, key=lambda t: prompt_group(t.pair_id)) -> tuple[list, list]:
+    """(train, held_out) by a hash of each item's pair id: stable across runs, orders and machines. The pairs
+    of one prompt (`pairs.samples_per_prompt`) hash alike, so a held-out prompt is never trained on."""
     if fraction <= 0:
         return list(items), []
     train, held = [], []
