@@ -281,6 +281,14 @@ def test_held_out_and_unseen_facts_stay_out(demo, world):
     assert {r["fact_id"] for r in halluc} == set(world.held_out) | set(world.unseen)
 
 
+def _only_the_corpus_differs(plain, other) -> None:
+    """Instruction, RL and benchmark files of two worlds are byte-identical (corpus and manifest aside)."""
+    skip = {"corpus.jsonl", "manifest.json"}
+    assert {k: v for k, v in _files(str(plain)).items() if k not in skip} == {
+        k: v for k, v in _files(str(other)).items() if k not in skip
+    }
+
+
 def _faq_pages(corpus_path: str, world: World) -> list[tuple[str, str, str]]:
     """(question id, lang, answer text) of every corpus text whose first sentence is a demo question."""
     found = []
@@ -306,10 +314,7 @@ def test_faq_pages_ask_every_stated_fact_in_the_corpus_only(tmp_path):
     assert asked == {(f"{r}:{s}", lang): 2 for r, s in stated for lang in ("en", "zh")}
     # Held-out facts are asked in the corpus; instruction and RL files are byte-identical to the plain world's.
     assert any(_fact_of(*qid.split(":", 1), world) in world.held_out for qid, _, _ in pages)
-    skip = {"corpus.jsonl", "manifest.json"}
-    assert {k: v for k, v in _files(str(tmp_path / "plain")).items() if k not in skip} == {
-        k: v for k, v in _files(str(tmp_path / "faq")).items() if k not in skip
-    }
+    _only_the_corpus_differs(tmp_path / "plain", tmp_path / "faq")
 
 
 def _quiz_pages(corpus_path: str, world: World) -> list[tuple[str, str, str, str]]:
@@ -345,10 +350,7 @@ def test_quiz_pages_give_the_object_alone_after_an_answer_cue_for_every_stated_f
     assert by_question == {(f"{r}:{s}", lang): {layout.split("{q}")[1].split("{a}")[0] for layout in QUIZ_LAYOUTS[lang]}
                            for r, s in stated for lang in ("en", "zh")}
     assert any(_fact_of(*qid.split(":", 1), world) in world.held_out for qid, *_ in pages)
-    skip = {"corpus.jsonl", "manifest.json"}
-    assert {k: v for k, v in _files(str(tmp_path / "plain")).items() if k not in skip} == {
-        k: v for k, v in _files(str(tmp_path / "quiz")).items() if k not in skip
-    }
+    _only_the_corpus_differs(tmp_path / "plain", tmp_path / "quiz")
 
 
 def _answers(sft_path: str) -> list[tuple[str, str]]:

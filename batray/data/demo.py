@@ -169,6 +169,12 @@ def _questions(world: World) -> list[tuple[str, str]]:
     return out
 
 
+def _stated_questions(world: World) -> list[tuple[str, str]]:
+    """The askable questions whose fact the corpus states (held-out ones included, unseen ones not)."""
+    unseen = set(world.unseen)
+    return [(r, s) for r, s in _questions(world) if _fact_of(r, s, world) not in unseen]
+
+
 def _fact_of(relation: str, subject: str, world: World) -> str:
     """The stored fact a question is about (capital_of asks the capital fact backwards)."""
     if relation == "capital_of":
@@ -230,11 +236,8 @@ def faq_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
     These pages are pretraining text, not instruction data: no chat template, no end-of-turn, and
     held-out facts stay out of sft/prompts.
     """
-    unseen = set(world.unseen)
     texts: list[str] = []
-    for relation, subject in _questions(world):
-        if _fact_of(relation, subject, world) in unseen:
-            continue
+    for relation, subject in _stated_questions(world):
         for lang in LANGS:
             asks = list(TEMPLATES[relation]["ask"][lang])
             rng.shuffle(asks)
@@ -252,14 +255,11 @@ def quiz_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
     A model this small knows a fact as the continuation of its statement ("X的货币是" -> its currency)
     but not after an answer cue it never read ("题目：...\n答案是：" -> ?): without these pages the tiny
     recipe's SFT model chose the right option of 80% of the demo CMMLU items scored right after the stem,
-    and of about 30% after the benchmark's cue (README, `make run`). The questions are the SFT phrasings; like the FAQ pages, this is pretraining
-    text, and held-out facts stay out of sft/prompts.
+    and of 34% after the benchmark's cue (README, `make run`). The questions are the SFT phrasings. Like
+    the FAQ pages this is pretraining text, and held-out facts stay out of sft/prompts.
     """
-    unseen = set(world.unseen)
     texts: list[str] = []
-    for relation, subject in _questions(world):
-        if _fact_of(relation, subject, world) in unseen:
-            continue
+    for relation, subject in _stated_questions(world):
         obj = _gold_object(world, relation, subject)
         for lang in LANGS:
             asks = list(TEMPLATES[relation]["ask"][lang])
