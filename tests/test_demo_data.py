@@ -281,11 +281,18 @@ def test_held_out_and_unseen_facts_stay_out(demo, world):
     assert {r["fact_id"] for r in halluc} == set(world.held_out) | set(world.unseen)
 
 
-def _only_the_corpus_differs(plain, other) -> None:
-    """Instruction, RL and benchmark files of two worlds are byte-identical (corpus and manifest aside)."""
+def _plain_and_variant(tmp_path, **update) -> tuple[dict, dict, World]:
+    """The SMALL world's files as they are (`plain/`) and with `update` (`variant/`), and the variant's world."""
+    plain = generate_demo(str(tmp_path / "plain"), SMALL)
+    variant = generate_demo(str(tmp_path / "variant"), SMALL.model_copy(update=update))
+    return plain, variant, World.load(variant["world"])
+
+
+def _only_the_corpus_differs(tmp_path) -> None:
+    """The instruction, RL and benchmark files of `_plain_and_variant`'s two worlds are byte-identical."""
     skip = {"corpus.jsonl", "manifest.json"}
-    assert {k: v for k, v in _files(str(plain)).items() if k not in skip} == {
-        k: v for k, v in _files(str(other)).items() if k not in skip
+    assert {k: v for k, v in _files(str(tmp_path / "plain")).items() if k not in skip} == {
+        k: v for k, v in _files(str(tmp_path / "variant")).items() if k not in skip
     }
 
 
@@ -301,9 +308,7 @@ def _faq_pages(corpus_path: str, world: World) -> list[tuple[str, str, str]]:
 
 
 def test_faq_pages_ask_every_stated_fact_in_the_corpus_only(tmp_path):
-    plain = generate_demo(str(tmp_path / "plain"), SMALL)
-    faq = generate_demo(str(tmp_path / "faq"), SMALL.model_copy(update={"faq_repeats": 2}))
-    world = World.load(faq["world"])
+    plain, faq, world = _plain_and_variant(tmp_path, faq_repeats=2)
     assert _faq_pages(plain["corpus"], world) == []
     pages = _faq_pages(faq["corpus"], world)
     asked: dict[tuple[str, str], int] = {}
@@ -314,13 +319,17 @@ def test_faq_pages_ask_every_stated_fact_in_the_corpus_only(tmp_path):
     assert asked == {(f"{r}:{s}", lang): 2 for r, s in stated for lang in ("en", "zh")}
     # Held-out facts are asked in the corpus; instruction and RL files are byte-identical to the plain world's.
     assert any(_fact_of(*qid.split(":", 1), world) in world.held_out for qid, _, _ in pages)
-    _only_the_corpus_differs(tmp_path / "plain", tmp_path / "faq")
+    _only_the_corpus_differs(tmp_path)
+
+
+def _cue(layout: str) -> str:
+    """A quiz layout's answer cue: what stands between the question and the answer."""
+    return layout.split("{q}")[1].split("{a}")[0]
 
 
 def _quiz_pages(corpus_path: str, world: World) -> list[tuple[str, str, str, str]]:
     """(question id, lang, layout's answer cue, answer) of every corpus text laid out as a quiz page."""
-    cues = [(lang, layout.split("{q}")[0], layout.split("{q}")[1].split("{a}")[0])
-            for lang, layouts in QUIZ_LAYOUTS.items() for layout in layouts]
+    cues = [(lang, layout.split("{q}")[0], _cue(layout)) for lang, layouts in QUIZ_LAYOUTS.items() for layout in layouts]
     found = []
     for line in Path(corpus_path).read_text(encoding="utf-8").splitlines():
         text = json.loads(line)["text"]
@@ -334,9 +343,7 @@ def _quiz_pages(corpus_path: str, world: World) -> list[tuple[str, str, str, str
 
 
 def test_quiz_pages_give_the_object_alone_after_an_answer_cue_for_every_stated_fact(tmp_path):
-    plain = generate_demo(str(tmp_path / "plain"), SMALL)
-    quiz = generate_demo(str(tmp_path / "quiz"), SMALL.model_copy(update={"quiz_repeats": 3}))
-    world = World.load(quiz["world"])
+    plain, quiz, world = _plain_and_variant(tmp_path, quiz_repeats=3)
     assert _quiz_pages(plain["corpus"], world) == []
     pages = _quiz_pages(quiz["corpus"], world)
     stated = [(r, s) for r, s in _askable(world) if _fact_of(r, s, world) not in world.unseen]
@@ -347,10 +354,10 @@ def test_quiz_pages_give_the_object_alone_after_an_answer_cue_for_every_stated_f
         assert world.check_answer(qid, answer), (qid, answer)
         assert len(answer) <= 20 and not answer.endswith((".", "。")), answer
     assert len(pages) == 3 * 2 * len(stated)
-    assert by_question == {(f"{r}:{s}", lang): {layout.split("{q}")[1].split("{a}")[0] for layout in QUIZ_LAYOUTS[lang]}
+    assert by_question == {(f"{r}:{s}", lang): {_cue(layout) for layout in QUIZ_LAYOUTS[lang]}
                            for r, s in stated for lang in ("en", "zh")}
     assert any(_fact_of(*qid.split(":", 1), world) in world.held_out for qid, *_ in pages)
-    _only_the_corpus_differs(tmp_path / "plain", tmp_path / "quiz")
+    _only_the_corpus_differs(tmp_path)
 
 
 def _answers(sft_path: str) -> list[tuple[str, str]]:

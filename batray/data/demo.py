@@ -149,6 +149,11 @@ def _name(world: World, value: str | int, lang: str) -> str:
     return str(value) if isinstance(value, int) else getattr(world.entities[value], lang)
 
 
+def _object_text(world: World, value: str | int, lang: str) -> str:
+    """An object as an answer names it alone: the entity's name, or a year ("1875", "1875年")."""
+    return _name(world, value, lang) + ("年" if isinstance(value, int) and lang == "zh" else "")
+
+
 def _article(word: str) -> str:
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
@@ -264,7 +269,7 @@ def quiz_texts(world: World, repeats: int, rng: random.Random) -> list[str]:
         for lang in LANGS:
             asks = list(TEMPLATES[relation]["ask"][lang])
             rng.shuffle(asks)
-            answer = _name(world, obj, lang) + ("年" if isinstance(obj, int) and lang == "zh" else "")
+            answer = _object_text(world, obj, lang)
             layouts = QUIZ_LAYOUTS[lang]
             for i in range(repeats):
                 q = render(world, asks[i % len(asks)], subject, None, lang)
@@ -382,9 +387,9 @@ def _gap_items(world: World, rng: random.Random, n: int) -> list[dict]:
         options = [gap, *rng.sample(wrong, 3)]
         rng.shuffle(options)
         stem = MC_STEMS["birth_gap"][(k // len(pairs) + k) % len(MC_STEMS["birth_gap"])]
-        texts = [f"{o}年" for o in options]
+        texts = [_object_text(world, o, "zh") for o in options]
         items.append({"question": render(world, stem, a.subject, b.subject, "zh"), "options": texts,
-                      "answer": LETTERS[options.index(gap)], "gold_text": f"{gap}年"})
+                      "answer": LETTERS[options.index(gap)], "gold_text": _object_text(world, gap, "zh")})
     return items
 
 
@@ -402,7 +407,7 @@ def _mc_items(world: World, relations: list[str], rng: random.Random, min_items:
             rng.shuffle(options)
             stem = MC_STEMS[relation][variant % len(MC_STEMS[relation])]
             question = render(world, stem, subject, None, "zh")
-            texts = [_name(world, o, "zh") + ("年" if isinstance(o, int) else "") for o in options]
+            texts = [_object_text(world, o, "zh") for o in options]
             answer = LETTERS[options.index(gold)]
             gold_text = texts[options.index(gold)]
             items.append({"question": question, "options": texts, "answer": answer, "gold_text": gold_text})

@@ -144,7 +144,8 @@ def run_pairs(cfg: RecipeConfig, out_dir: str, *, model_a: str, model_b: str | N
     ids = [pid if s == 0 else f"{pid}{SAMPLE_MARK}{s}" for pid in pair_ids(rows_in) for s in range(k)]
     texts = [r["prompt"] for r in rows_in for _ in range(k)]
     init_ray(cfg)
-    log.info("pairs: %d prompts; A from %s, B from %s", len(texts), model_a, model_b or "the same model resampled")
+    log.info("pairs: %d from %d prompts; A from %s, B from %s", len(texts), len(rows_in), model_a,
+             model_b or "the same model resampled")
     seed_b = pc.seed + 1_000_003
     if model_b is None:  # the policy sampled twice, by one pool
         responses_a, responses_b = generate_with_engines(model_a, texts, cfg, [pc.seed, seed_b], rollout_cls)

@@ -135,8 +135,8 @@ def encode_triples(tokenizer, triples: list[Triple], max_len: int) -> tuple[list
 
 
 def split_held_out(items: list, fraction: float, key=lambda t: prompt_group(t.pair_id)) -> tuple[list, list]:
-    """(train, held_out) by a hash of each item's pair id: stable across runs, orders and machines. The pairs
-    of one prompt (`pairs.samples_per_prompt`) hash alike, so a held-out prompt is never trained on."""
+    """(train, held_out) by a hash of the pair id of each item's prompt (`prompt_group`): stable across runs,
+    orders and machines, and the pairs of one prompt (`pairs.samples_per_prompt`) land together."""
     if fraction <= 0:
         return list(items), []
     train, held = [], []
