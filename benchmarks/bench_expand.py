@@ -8,7 +8,8 @@ bias) of random bf16 weights in 400 MB safetensors shards, then side by side:
   2. the landed command, `python -m batray.cli expand SRC DST` with hidden 1024 -> 2048, heads 8 -> 16,
      KV heads 2 -> 4, FFN 2816 -> 5632, `--method exact`, its defaults otherwise (the probe on, the
      shard writers on a local Ray cluster), then `sync`.
-Both wall times include process start-up. Bandwidth is (bytes read + bytes written) / wall time.
+Both wall times include process start-up. For scale, a third line times `dd oflag=direct` writing as many
+bytes as the output has: the device's floor for the output alone. Bandwidth is (bytes read + bytes written) / wall time.
 While the expansion runs, the proportional set size (`psutil.Process.memory_full_info().pss`) of the
 command and all of its descendants (Ray's GCS, raylet, workers) is summed every few ms; shared pages
 (Ray's object store, mapped files, libraries) count once over the tree. Prints machine info and load.
@@ -141,6 +142,10 @@ def main() -> None:
         exp = timed([sys.executable, "-m", "batray.cli", "expand", str(src), str(work / "dst"), *FLAGS,
                      f"run_dir={work / 'run'}", *args.overrides], env=env, sample=True)
         out_bytes = folder_bytes(work / "dst")
+        # The device's floor for the output alone: its bytes written unbuffered by dd (no page cache, no CPU work).
+        floor = timed(["dd", "if=/dev/zero", f"of={work / 'floor'}", "bs=32M", f"count={-(-out_bytes // (32 << 20))}",
+                       "oflag=direct", "status=none"])
+        (work / "floor").unlink()
         copy_bw = 2 * folder_bytes(src) / copy["seconds"]
         exp_bw = (folder_bytes(src) + out_bytes) / exp["seconds"]
         report = json.loads((work / "dst" / "expansion.json").read_text())
@@ -150,6 +155,8 @@ def main() -> None:
         print(f"  cp -r + sync:          {copy['seconds']:7.2f} s  {copy_bw / 1e9:.3f} GB/s read+write")
         print(f"  batray expand + sync:  {exp['seconds']:7.2f} s  {exp_bw / 1e9:.3f} GB/s read+write "
               f"(writing the shards: {report['write_seconds']:.2f} s)")
+        print(f"  dd oflag=direct of the output's bytes: {floor['seconds']:5.2f} s (expand takes "
+              f"{exp['seconds'] / floor['seconds']:.1f}x this floor)")
         print(f"  ratio expand/copy bandwidth: {exp_bw / copy_bw:.2f}; peak PSS of the expand process tree "
               f"(driver + Ray): {exp['peak_pss'] / 1e9:.2f} GB")
         shutil.rmtree(work)

@@ -89,8 +89,7 @@ class ExpandConfig(Schema):
     noise_std: float = Field(default=0.0, ge=0, description="exact method: cancelling noise on the copies")
     seed: int = 0
     probe: bool = Field(default=True, description="measure the logit deviation (loads both models, one at a time)")
-    probe_tokens: int = Field(default=16, ge=1, description="tokens per probe row (2 rows): the probe's arithmetic "
-                              "is a forward pass of both models over them")
+    probe_tokens: int = Field(default=64, ge=1)
     max_shard_mb: float = Field(default=2048, gt=0, description="output shard size; each shard is written by one writer")
     num_writers: int | None = Field(default=None, ge=1, description="shard-writer actors; null: one per CPU of the Ray cluster, at most one per "
                                        "shard; with no cluster to join and at most 2 CPUs here, this process writes them in turn")

@@ -26,7 +26,7 @@ REPORT = "expansion.json"
 
 def expand(src: str | Path, dst: str | Path, request: Request, *, max_shard_bytes: int = 2 << 30,
            run_shards: Callable[[ExpansionPlan, str], list[dict]] = run_serially, probe: bool = True,
-           probe_tokens: int = 16, config_hash: str | None = None, plan: ExpansionPlan | None = None) -> dict:
+           probe_tokens: int = 64, config_hash: str | None = None, plan: ExpansionPlan | None = None) -> dict:
     """Expand the checkpoint at `src` into a new HF folder `dst`; returns the report saved as expansion.json.
 
     `plan`: one already made by `plan_expansion(src, request)` (callers validate before starting Ray).
@@ -34,29 +34,21 @@ def expand(src: str | Path, dst: str | Path, request: Request, *, max_shard_byte
     import time
 
     from batray.checkpoint import write_marker
-    from batray.expansion.probe import Probe
+    from batray.expansion.probe import measure
 
     if plan is None:
         plan = plan_expansion(src, request, max_shard_bytes=max_shard_bytes)
     t0 = time.perf_counter()
-    # Started first: for a large source the probe's source half runs in a child process during the writing.
-    check = Probe(src, tokens=probe_tokens, seed=request.seed) if probe else None
-    try:
-        shards = expand_checkpoint(plan, dst, run_shards)
-        seconds = time.perf_counter() - t0
-        tmp = staging_dir(dst)
-        deviation = (check.deviation(tmp, direct=any(s.get("direct") for s in shards)) if check
-                     else {"skipped": "disabled"})
-    finally:
-        if check:
-            check.close()
+    shards = expand_checkpoint(plan, dst, run_shards)
+    seconds = time.perf_counter() - t0
+    tmp = staging_dir(dst)
     report = {
         **plan.summary,
         "src": str(src),
         "shards": len(shards),
         "bytes_written": sum(s["bytes"] for s in shards),
         "write_seconds": round(seconds, 3),
-        "deviation": deviation,
+        "deviation": measure(src, tmp, tokens=probe_tokens, seed=request.seed) if probe else {"skipped": "disabled"},
     }
     write_marker(tmp, stage="expand", parent=str(src), config_hash=config_hash,
                  extra={"expansion": {k: report[k] for k in ("method", "stack", "source", "target")}})

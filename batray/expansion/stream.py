@@ -3,10 +3,8 @@
 Each output shard is written by `write_shard`: its safetensors header is known from the plan
 (names, dtypes, shapes), so it is written first and then every tensor is made a block of rows at a
 time: the source rows it needs read (`safe_open`, opened per read so no mapped pages pile up),
-expanded, appended and dropped. Nothing ever holds a whole tensor, let alone a shard or the model.
-The bytes go out through one aligned staging buffer with O_DIRECT (`direct_io.ShardWriter`), so no
-page cache is filled with bytes written once. Shards are independent, so `expand_checkpoint` runs
-them through whatever `run_shards` it is given: a plain loop here, Ray tasks in `jobs/expand.py`.
+expanded, appended and dropped. Nothing ever holds a whole tensor, let alone a shard or the model. Shards are independent, so `expand_checkpoint` runs them through whatever `run_shards`
+it is given: a plain loop here, Ray tasks in `jobs/expand.py`.
 
 The output folder is built in `DST.tmp` and renamed to `DST` once complete, so a crash never leaves
 something that looks like a finished checkpoint.
@@ -24,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from batray.expansion.direct_io import ShardWriter
 from batray.expansion.mapping import expand_weight, gather
 from batray.expansion.plan import ExpansionPlan, TensorSpec
 
@@ -140,7 +137,7 @@ def write_shard(plan: ExpansionPlan, shard: int, out_dir: str) -> dict:
     tensors = plan.shards[shard]
     path = Path(out_dir) / plan.shard_names[shard]
     reader = SourceReader(plan)
-    with ShardWriter(path) as out:
+    with open(path, "wb") as out:
         out.write(_header_bytes(tensors))
         for spec in tensors:
             written = 0
@@ -150,7 +147,7 @@ def write_shard(plan: ExpansionPlan, shard: int, out_dir: str) -> dict:
                     out.write(block.view(torch.uint8).numpy().data)
                 written += block.numel() * block.element_size()
             assert written == spec.nbytes, (spec.name, written, spec.nbytes)
-    return {"name": path.name, "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0, "direct": out.direct}
+    return {"name": path.name, "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
 
 
 def run_serially(plan: ExpansionPlan, out_dir: str) -> list[dict]:
