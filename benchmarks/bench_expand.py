@@ -8,8 +8,9 @@ bias) of random bf16 weights in 400 MB safetensors shards, then side by side:
   2. the landed command, `python -m batray.cli expand SRC DST` with hidden 1024 -> 2048, heads 8 -> 16,
      KV heads 2 -> 4, FFN 2816 -> 5632, `--method exact`, its defaults otherwise (the probe on, the
      shard writers on a local Ray cluster), then `sync`.
-Both wall times include process start-up. For scale, a third line times `dd oflag=direct` writing as many
-bytes as the output has: the device's floor for the output alone. Bandwidth is (bytes read + bytes written) / wall time.
+Both wall times include process start-up. Bandwidth is (bytes read + bytes written) / wall time. For
+scale, a third line times `dd oflag=direct` writing the output's bytes (rounded up to 32 MB blocks): the
+device's floor for the output alone.
 While the expansion runs, the proportional set size (`psutil.Process.memory_full_info().pss`) of the
 command and all of its descendants (Ray's GCS, raylet, workers) is summed every few ms; shared pages
 (Ray's object store, mapped files, libraries) count once over the tree. Prints machine info and load.
@@ -146,8 +147,9 @@ def main() -> None:
         floor = timed(["dd", "if=/dev/zero", f"of={work / 'floor'}", "bs=32M", f"count={-(-out_bytes // (32 << 20))}",
                        "oflag=direct", "status=none"])
         (work / "floor").unlink()
-        copy_bw = 2 * folder_bytes(src) / copy["seconds"]
-        exp_bw = (folder_bytes(src) + out_bytes) / exp["seconds"]
+        src_bytes_on_disk = folder_bytes(src)
+        copy_bw = 2 * src_bytes_on_disk / copy["seconds"]
+        exp_bw = (src_bytes_on_disk + out_bytes) / exp["seconds"]
         report = json.loads((work / "dst" / "expansion.json").read_text())
         print(f"source: GLM {layers} layers, hidden {args.hidden}, {src_bytes / 1e9:.2f} GB bf16 in "
               f"{len(list(src.glob('*.safetensors')))} shards -> {out_bytes / 1e9:.2f} GB "
