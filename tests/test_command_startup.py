@@ -31,7 +31,7 @@ kit()
 plans = {}
 for stage in cfg.stages:
     plan = resolve(cfg, stage)
-    plans[stage] = plan.stage.ray
+    plans[stage] = plan.stage.ray_for(cfg)
     try:
         check_inputs(plan)
     except Exception:  # noqa: BLE001 - an empty run_dir: inputs of later stages are missing; checked anyway

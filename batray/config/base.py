@@ -103,11 +103,22 @@ class DeepSpeedConfig(Schema):
 
 
 class ScalingConfig(Schema):
-    """Ray Train workers for a training stage."""
+    """Ray Train workers for a training stage, or one worker in the stage's own process (`launch`)."""
 
     num_workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    launch: Literal["ray_train", "in_process"] = Field(
+        default="ray_train", description="ray_train: a Ray Train job (workers, placement, any cluster); in_process: "
+        "one worker trained in the command's own process, with the same loop, checkpoints and resume, and no Ray "
+        "Train controller or worker processes to start (a local machine: about half the time to the first step)")
+
+    @model_validator(mode="after")
+    def _in_process_is_one_worker(self) -> "ScalingConfig":
+        if self.launch == "in_process" and self.num_workers != 1:
+            raise ValueError(f"launch in_process trains one worker in the command's process, not num_workers "
+                             f"{self.num_workers}; use launch ray_train for more")
+        return self
 
 
 class OptimConfig(Schema):

@@ -67,7 +67,8 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_triples(held, held_path)
 
-    init_ray(cfg)
+    if rcfg.scaling.launch == "ray_train":  # an in-process launch needs no cluster for rows in memory
+        init_ray(cfg)
     pad = tokenizer.pad_token_id
     datasets = {"train": MemoryDataset.from_rows(triple_rows(train, rcfg.seq_len, pad))}  # in memory: no Ray Data
     if held:

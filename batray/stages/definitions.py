@@ -77,11 +77,18 @@ def continued_or_scratch(cfg: RecipeConfig, consumer: str) -> Resolved:
     return Resolved(None, f"from scratch ({cfg.model.preset})")
 
 
+def _train_launch(train_cfg, *, streams: bool = False):
+    """What a training stage needs of Ray: Ray Train, or (in-process) a cluster only for a Ray Data stream."""
+    if train_cfg.scaling.launch == "ray_train":
+        return "train"
+    return "actors" if streams else None
+
+
 register(Stage(
     "pretrain", "§3.1, Eq. 1", "bidirectional autoregressive pretraining on Ray Train",
     (CORPUS, Input("init", ("pretrain.init_from", "model.path"), continued_or_scratch, kind="checkpoint", optional=True)),
     _final, run_pretrain_stage,
-    ray="train",
+    ray=lambda cfg: _train_launch(cfg.pretrain, streams=True),
 ))
 
 
@@ -97,7 +104,7 @@ register(Stage(
     "grow", "Alg. 1", "train shallow, stack, train again, until full depth (and an optional width step)",
     (CORPUS,), _final, run_grow_stage,
     done=lambda outputs: is_complete(outputs["model"]) and (Path(outputs["model"]).parent / "summary.json").is_file(),
-    ray="train",
+    ray=lambda cfg: _train_launch(cfg.pretrain, streams=True),
 ))
 
 
@@ -129,7 +136,7 @@ register(Stage(
     (Input("model", ("sft.init_from",), latest_model(MODELS_BEFORE_SFT), kind="checkpoint"),
      Input("data", ("sft.data", "data.sft"), demo_file("sft.jsonl"))),
     _final, run_sft_stage,
-    ray="train",
+    ray=lambda cfg: _train_launch(cfg.sft),
 ))
 
 
@@ -224,7 +231,7 @@ register(Stage(
     (Input("model", ("reward.init_from",), latest_model(MODELS_AFTER_SFT), kind="checkpoint"),
      Input("data", ("reward.data",), output_of("prefs", "preferences"))),
     _final, run_reward_stage,
-    ray="train",
+    ray=lambda cfg: _train_launch(cfg.reward),
 ))
 
 

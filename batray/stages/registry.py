@@ -71,9 +71,13 @@ class Stage:
     outputs: Callable[[RecipeConfig, str], dict[str, str]]  # (cfg, out_dir) -> {name: path}
     run: Callable[["StageCall"], dict]  # returns a summary for the run state and the report
     done: Callable[[dict[str, str]], bool] | None = None  # from the outputs; default: all present/complete
-    # "train": it trains on Ray Train; "actors": it runs Ray actors. Either way `run_stage` starts a local
-    # cluster in the background first (with Ray Train's coordinator for "train"), while the stage reads its data.
-    ray: Literal["train", "actors"] | None = None
+    # "train": it trains on Ray Train; "actors": it runs Ray actors (or Ray Data). Either way `run_stage` starts a
+    # local cluster in the background first (with Ray Train's coordinator for "train"), while the stage reads its
+    # data. A callable decides from the config (an in-process SFT needs no cluster).
+    ray: Literal["train", "actors"] | Callable[[RecipeConfig], Literal["train", "actors"] | None] | None = None
+
+    def ray_for(self, cfg: RecipeConfig) -> Literal["train", "actors"] | None:
+        return self.ray(cfg) if callable(self.ray) else self.ray
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""Run a `TrainTask` as a Ray Train `TorchTrainer` (V2 API) with resume and skip-when-done.
+"""Run a `TrainTask` as a Ray Train `TorchTrainer` (V2 API), or in this process (`scaling.launch:
+in_process`, `batray.train.in_process`), with resume and skip-when-done.
 
-Checkpoints live under `<out_dir>/ray/` (`RunConfig(storage_path=<out_dir>, name="ray")`). Resuming
-is rebuilding the same trainer with the same storage path and name: Ray Train V2 restores its
-checkpoint manager from storage, and `ray.train.get_checkpoint()` hands the workers the latest one.
-A folder whose `final/` is complete (`batray.checkpoint.is_complete`) is not trained again.
+Ray Train's checkpoints live under `<out_dir>/ray/` (`RunConfig(storage_path=<out_dir>, name="ray")`).
+Resuming is rebuilding the same trainer with the same storage path and name: Ray Train V2 restores its
+checkpoint manager from storage, and `ray.train.get_checkpoint()` hands the workers the latest one. An
+in-process launch keeps its own in `<out_dir>/checkpoints/`. A folder whose `final/` is complete
+(`batray.checkpoint.is_complete`) is not trained again.
 """
 
 from __future__ import annotations
@@ -37,19 +39,12 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     """Train `task` on `datasets` ("train", optional "eval") into `out_dir`.
 
     A dataset is a Ray Data dataset (streamed, split across workers by Ray Train) or a
-    `batray.train.memory_data.MemoryDataset` (rows the driver holds, read from the object store).
+    `batray.train.memory_data.MemoryDataset` (rows the driver holds, read from the object store, or in place).
 
-    Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` when a
-    previous run left checkpoints there. recipe: the whole resolved `RecipeConfig`; its `logging`
+    Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` (in-process:
+    `<out_dir>/checkpoints/`) when a previous run left checkpoints there. recipe: the whole resolved `RecipeConfig`; its `logging`
     section chooses the trackers (which get the whole config as parameters) and the progress display.
     """
-    import ray
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from batray.train.backend import TorchProcessGroup
-
     if "://" in out_dir:
         raise BatrayError(f"{task.stage}: out_dir {out_dir!r}: training writes its folder locally (or on a shared mount)")
     out = Path(out_dir).absolute()
@@ -58,15 +53,25 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
         log.info("%s: %s is complete, skipping", task.stage, final)
         return str(final)
     out.mkdir(parents=True, exist_ok=True)
-
     scaling = train_cfg.scaling
+    check_launch_matches(task.stage, out, scaling.launch)
+    if scaling.launch == "in_process":
+        return _fit_in_process(task, train_cfg, out, datasets=datasets, seed=seed, recipe=recipe)
+
+    import ray
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from batray.train.backend import TorchProcessGroup
+
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
     logging_cfg = recipe.logging if recipe is not None else None
     spec = TrackerSpec.of(recipe, task.stage, str(out)) if recipe is not None else None
     ray_data_output(logging_cfg)
-    memory = {k: v for k, v in datasets.items() if isinstance(v, MemoryDataset)}
+    memory = {k: v.in_object_store() for k, v in datasets.items() if isinstance(v, MemoryDataset)}
     streamed = {k: v for k, v in datasets.items() if k not in memory}
     data_config = None
     if streamed:
@@ -110,6 +115,55 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
             f"{task.stage} stopped: {cause[-1] if cause else type(e).__name__}; "
             f"rerun the same command to resume from the last checkpoint in {out / RAY_RUN_NAME}"
         ) from e
+    if not is_complete(final):
+        raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
+    return str(final)
+
+
+def check_launch_matches(stage: str, out: Path, launch: str) -> None:
+    """A folder's checkpoints are resumed by the launch that wrote them (their layouts differ)."""
+    from batray.train.in_process import CHECKPOINTS, has_checkpoints
+
+    if launch == "in_process" and (out / RAY_RUN_NAME).exists():
+        raise BatrayError(f"{stage}: {out / RAY_RUN_NAME} holds a Ray Train run's checkpoints; resume it with "
+                          f"scaling.launch ray_train, or remove that folder to start again in-process")
+    if launch == "ray_train" and has_checkpoints(str(out)):
+        raise BatrayError(f"{stage}: {out / CHECKPOINTS} holds an in-process run's checkpoints; resume it with "
+                          f"scaling.launch in_process, or remove that folder to start again on Ray Train")
+
+
+def _fit_in_process(task: TrainTask, train_cfg: TrainConfig, out: Path, *, datasets: dict, seed: int,
+                    recipe) -> str:
+    """`fit` with the loop in this process (`batray.train.in_process`)."""
+    from batray.train.in_process import CHECKPOINTS, has_checkpoints, train_in_process
+
+    scaling = train_cfg.scaling
+    logging_cfg = recipe.logging if recipe is not None else None
+    spec = TrackerSpec.of(recipe, task.stage, str(out)) if recipe is not None else None
+    streamed = {k: v for k, v in datasets.items() if not isinstance(v, MemoryDataset)}
+    if streamed:
+        from ray.data import DataContext
+
+        ray_data_output(logging_cfg)
+        DataContext.get_current().execution_options.preserve_order = True  # exact skip-to-position on resume
+    monitor = StageMonitor(task.stage, train_cfg.max_steps, trackers=open_trackers(spec), in_process=True,
+                           mode=logging_cfg.progress if logging_cfg is not None else "auto")
+    job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
+                  memory_data={k: v for k, v in datasets.items() if k not in streamed}, channel=monitor.channel,
+                  tensorboard=logging_cfg is None or "tensorboard" in logging_cfg.report_to)
+    log.info("%s: %s in this process, ZeRO-%d, into %s", task.stage,
+             "resuming" if has_checkpoints(str(out)) else "starting", train_cfg.deepspeed.zero_stage, out)
+    try:
+        with monitor:
+            train_in_process(job, datasets=streamed, keep=train_cfg.keep_checkpoints,
+                             threads=max(1, int(scaling.cpus_per_worker)), use_gpu=scaling.use_gpu)
+    except BatrayError:
+        raise
+    except Exception as e:  # the loop's own error, one line as a Ray Train failure reads, and how to resume
+        lines = str(e).strip().splitlines()
+        raise TrainingFailed(f"{task.stage} stopped: {type(e).__name__}{': ' + lines[-1] if lines else ''}; rerun the "
+                             f"same command to resume from the last checkpoint in {out / CHECKPOINTS}") from e
+    final = out / "final"
     if not is_complete(final):
         raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
     return str(final)

@@ -1,12 +1,13 @@
-"""The training loop every Ray Train stage runs on each worker (`train_loop_per_worker`).
+"""The training loop every training stage runs on each worker: Ray Train's `train_loop_per_worker`, or the
+stage's own process with `scaling.launch: in_process` (`batray.train.in_process`).
 
-One screen of logic (nanoGPT style), with Ray Train around it:
+One screen of logic (nanoGPT style), with Ray Train (or its in-process stand-in, a `session`) around it:
   build model -> DeepSpeed engine -> restore the last checkpoint (model, optimizer, scheduler, data
   position, RNG) -> for each micro batch of this worker's Ray Data shard: loss, backward, step at
   accumulation boundaries -> every `log_every` steps: metrics summed over workers, `metrics.jsonl` +
   TensorBoard (rank 0), the row and each step's count sent to the driver's progress display and trackers
   (`batray.train.monitor`) -> every `eval_every` steps: the held-out split -> every
-  `ckpt_every` steps: a checkpoint through `ray.train.report` -> at the end: the final HF folder.
+  `ckpt_every` steps: a checkpoint (`session.save_checkpoint`) -> at the end: the final HF folder.
 
 Data position: Ray Data cannot seek, so a resumed worker re-reads its shard's current epoch and
 skips the micro batches it already trained on. The stream is deterministic (Train's split runs with
@@ -62,23 +63,63 @@ class TrainState:
     extra: dict = field(default_factory=dict)
 
 
+class RayTrainSession:
+    """What the loop needs from Ray Train on a worker: rank, device, the latest checkpoint, reporting one,
+    the worker's Ray Data shard. `batray.train.in_process.InProcessSession` is the same for one worker
+    in the stage's own process."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))  # Ray sets it to the worker's CPUs
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as ckpt_dir:
+            yield ckpt_dir
+
+    def save_checkpoint(self, ckpt_dir: str, step: int, metrics: dict) -> None:
+        """Hand this worker's checkpoint folder to Ray Train (it merges the workers' folders into storage)."""
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir),
+                         checkpoint_dir_name=f"step_{step:08d}")
+
+    def dataset_shard(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+
 def train_loop(config: dict) -> None:
+    """Ray Train's `train_loop_per_worker`."""
     import ray
-    import ray.train
-    import ray.train.torch
 
     job: JobSpec = ray.get(config["job"])
-    task, tc = job.task, job.train
     hooks.install(job.hooks)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    run_training(job, RayTrainSession())
+
+
+def run_training(job: JobSpec, session) -> None:
+    """The loop, on one worker of `session` (a `RayTrainSession` or an `InProcessSession`)."""
+    task, tc = job.task, job.train
+    rank, world, device = session.rank, session.world, session.device
     use_gpu = device.type == "cuda"
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    torch.set_num_threads(session.threads)
 
     # Start this worker's data stream now: Ray Data's start-up (its coordinator and read/tokenize
     # tasks, process starts and imports) then overlaps the model build below instead of following it.
-    batches = EpochBatches(dataset_shard(job, "train", rank, world), tc.micro_batch_size)
+    batches = EpochBatches(dataset_shard(job, session, "train"), tc.micro_batch_size)
     model = task.build_model()
     seed_everything(job.seed + rank)  # after build: dropout/noise streams differ per rank
     from batray.train.engine import build_engine
@@ -87,11 +128,10 @@ def train_loop(config: dict) -> None:
 
     state = TrainState()
     resumed = False
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
+    with session.latest_checkpoint() as ckpt_dir:
+        if ckpt_dir is not None:
             state = load_state(engine, ckpt_dir, rank)
-        resumed = True
+            resumed = True
 
     logger = None
     if rank == 0:
@@ -127,13 +167,13 @@ def train_loop(config: dict) -> None:
             metrics["tokens_per_s"] = tokens / elapsed
             metrics["tokens_seen"] = state.tokens_seen
             if do_eval:
-                metrics.update(evaluate(engine, task, tc, device, dataset_shard(job, "eval", 0, 1)))
+                metrics.update(evaluate(engine, task, tc, device, dataset_shard(job, session, "eval", whole=True)))
                 engine.train()
             if logger is not None:
                 report("metrics", **logger.log(step, **metrics))
             window, window_tokens, window_start = {}, 0, time.perf_counter()
         if step % tc.ckpt_every == 0 and not last:
-            save_and_report(engine, state, rank, {"step": step})
+            save_checkpoint(engine, state, session, {"step": step})
             window_start = time.perf_counter()  # checkpoint time is not training throughput
 
     while state.step < tc.max_steps:
@@ -209,13 +249,12 @@ class EpochBatches:
         return first.result()  # re-raises a failure of the data stream here, in the training thread
 
 
-def dataset_shard(job: JobSpec, name: str, rank: int, world: int):
-    """This worker's share of dataset `name`: a `MemoryDataset`'s rows, else Ray Train's Ray Data shard."""
+def dataset_shard(job: JobSpec, session, name: str, *, whole: bool = False):
+    """This worker's share of dataset `name` (`whole`: all of it, as every worker reads the held-out split):
+    a `MemoryDataset`'s rows, else the session's Ray Data shard."""
     if name in job.memory_data:
-        return job.memory_data[name].shard(rank, world)
-    import ray.train
-
-    return ray.train.get_dataset_shard(name)
+        return job.memory_data[name].shard(0, 1) if whole else job.memory_data[name].shard(session.rank, session.world)
+    return session.dataset_shard(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -255,26 +294,28 @@ class Reporter:
     calls to an actor in order); other ranks, and a loop run without a channel, send nothing."""
 
     def __init__(self, channel):
-        self.channel = channel
+        from batray.train.monitor import ProgressChannel
+
+        # an actor handle (a Ray Train worker) or the driver's own `ProgressChannel` (in-process)
+        self._push = None if channel is None else channel.push if isinstance(channel, ProgressChannel) \
+            else channel.push.remote
 
     def __call__(self, kind: str, **message) -> None:
-        if self.channel is not None:
-            self.channel.push.remote({"kind": kind, "t": time.time(), **message})
+        if self._push is not None:
+            self._push({"kind": kind, "t": time.time(), **message})
 
 
-def save_and_report(engine, state: TrainState, rank: int, metrics: dict) -> None:
-    """Checkpoint through `ray.train.report`: DeepSpeed's model/optimizer/scheduler states (each rank
-    writes its own ZeRO partition files; Ray merges the workers' folders), the data position and the
-    per-rank RNG states."""
-    import ray.train
-
+def save_checkpoint(engine, state: TrainState, session, metrics: dict) -> None:
+    """A checkpoint through the session: DeepSpeed's model/optimizer/scheduler states (each rank writes its
+    own ZeRO partition files; Ray Train merges the workers' folders), the data position and the per-rank
+    RNG states."""
+    rank = session.rank
     with tempfile.TemporaryDirectory() as tmp:
         # a LoRA model's checkpoint holds its adapter: the frozen base is the stage's unchanged input
         engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={}, exclude_frozen_parameters=frozen_base(engine))
         torch.save(rng_state(), Path(tmp, f"rng_rank{rank}.pt"))
         Path(tmp, f"{STATE_FILE}.rank{rank}").write_text(json.dumps(asdict(state)))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"step_{state.step:08d}")
+        session.save_checkpoint(tmp, state.step, metrics)
 
 
 def load_state(engine, ckpt_dir: str, rank: int) -> TrainState:

@@ -1,9 +1,9 @@
 """Training rows the driver already holds (SFT samples, reward triples), handed to Ray Train workers
 through the object store instead of a Ray Data pipeline.
 
-`MemoryDataset.from_rows` stacks the rows into numpy columns and puts them in Ray's object store once;
-each worker maps them read-only (zero-copy) and iterates its contiguous share of the rows in a fixed
-order. Skipping Ray Data saves its start-up (the split coordinator actor and executor) and its
+`MemoryDataset.from_rows` stacks the rows into numpy columns; a Ray Train launch puts them in Ray's object
+store once and each worker maps them read-only (zero-copy), an in-process launch reads them where they are;
+either way a worker iterates its contiguous share of the rows in a fixed order. Skipping Ray Data saves its start-up (the split coordinator actor and executor) and its
 per-batch prefetch thread in the worker; a stage whose data does not fit in memory (a pretraining
 corpus) keeps Ray Data's streaming. The iteration API is the subset of `DataIterator` the loop uses.
 """
@@ -18,28 +18,38 @@ import numpy as np
 
 @dataclass
 class MemoryDataset:
-    """Columns of equal length in the object store (`ref`), `num_rows` rows."""
+    """Columns of equal length, `num_rows` rows: held here (`columns`) until a Ray Train launch puts them in
+    the object store once (`in_object_store`, then `ref`); a stage trained in-process never needs Ray."""
 
-    ref: object  # ray.ObjectRef of dict[str, np.ndarray]
     num_rows: int
+    columns: dict | None = None  # dict[str, np.ndarray], in this process
+    ref: object = None  # ray.ObjectRef of the same dict, once in the object store
 
     @classmethod
     def from_rows(cls, rows: list[dict], dtype=None) -> MemoryDataset:
         """`dtype`: the columns' type (e.g. np.int32 for token ids), else numpy's choice."""
-        import ray
-
         if not rows:
             raise ValueError("a MemoryDataset needs at least one row")
         columns = {k: np.asarray([r[k] for r in rows], dtype=dtype) for k in rows[0]}
-        return cls(ref=ray.put(columns), num_rows=len(rows))
+        return cls(num_rows=len(rows), columns=columns)
+
+    def in_object_store(self) -> MemoryDataset:
+        """The same rows by object-store reference: what a Ray Train job carries to its workers (a job pickled
+        with the arrays in it would copy them into every worker's task)."""
+        import ray
+
+        return self if self.ref is not None else MemoryDataset(num_rows=self.num_rows, ref=ray.put(self.columns))
 
     def shard(self, rank: int, world: int) -> MemoryShard:
         """Worker `rank` of `world`: rows [rank * m, (rank + 1) * m) with m = num_rows // world, so every
         worker gets the same number of rows (as Ray Train's equal split does)."""
-        import ray
-
         m = self.num_rows // world
-        columns = ray.get(self.ref)
+        if self.columns is not None:
+            columns = self.columns
+        else:
+            import ray
+
+            columns = ray.get(self.ref)
         return MemoryShard({k: v[rank * m:(rank + 1) * m] for k, v in columns.items()})
 
 

@@ -1,4 +1,5 @@
-"""What the driver shows and records while Ray Train workers train: progress and tracker rows.
+"""What the driver shows and records while Ray Train workers (or its own training thread) train: progress and
+tracker rows.
 
 Training runs in Ray Train worker processes, whose stdout is not a terminal (Ray forwards it to the
 driver's log), so the driver draws the progress. Rank 0 pushes small messages to a `ProgressChannel`
@@ -19,30 +20,39 @@ POLL_S = 0.5  # how often the driver takes the channel's messages (display laten
 
 
 class ProgressChannel:
-    """A mailbox actor: rank 0 `push`es messages, the driver `take`s everything pushed so far, in order."""
+    """A mailbox: rank 0 `push`es messages, the driver `take`s everything pushed so far, in order. An actor
+    for a Ray Train job; a plain object shared by the training and monitor threads of an in-process one."""
 
     def __init__(self):
         self._messages: list[dict] = []
+        self._lock = threading.Lock()
 
     def push(self, message: dict) -> None:
-        self._messages.append(message)
+        with self._lock:
+            self._messages.append(message)
 
     def take(self) -> list[dict]:
-        out, self._messages = self._messages, []
+        with self._lock:
+            out, self._messages = self._messages, []
         return out
 
 
 class StageMonitor:
     """Driver side: the channel, the thread that drains it, the progress display and the trackers.
 
-    `with StageMonitor(...) as mon: trainer.fit()` and pass `mon.channel` to rank 0."""
+    `with StageMonitor(...) as mon: trainer.fit()` and pass `mon.channel` to rank 0. `in_process`: rank 0
+    runs in this process, the channel is a plain `ProgressChannel` (no Ray)."""
 
-    def __init__(self, stage: str, max_steps: int, *, trackers=None, mode: str = "auto"):
-        import ray
-
+    def __init__(self, stage: str, max_steps: int, *, trackers=None, mode: str = "auto", in_process: bool = False):
         from batray.progress import StepProgress
 
-        self.channel = ray.remote(num_cpus=0)(ProgressChannel).remote()
+        self.in_process = in_process
+        if in_process:
+            self.channel = ProgressChannel()
+        else:
+            import ray
+
+            self.channel = ray.remote(num_cpus=0)(ProgressChannel).remote()
         self._progress = StepProgress(stage, max_steps, mode=mode)
         self._trackers = trackers
         self._stop = threading.Event()
@@ -63,9 +73,10 @@ class StageMonitor:
         self._progress.close()
         if self._trackers is not None:
             self._trackers.close(failed=exc_type is not None or self._failed)
-        import ray
+        if not self.in_process:
+            import ray
 
-        ray.kill(self.channel)
+            ray.kill(self.channel)
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -78,9 +89,13 @@ class StageMonitor:
                 return
 
     def _drain(self) -> None:
-        import ray
+        if self.in_process:
+            messages = self.channel.take()
+        else:
+            import ray
 
-        for message in ray.get(self.channel.take.remote()):
+            messages = ray.get(self.channel.take.remote())
+        for message in messages:
             kind, t = message.pop("kind"), message.pop("t", None)
             if kind == "start":
                 self._progress.start(message["step"], t)

@@ -66,7 +66,8 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
     if not train_rows:
         raise DataError(f"sft data {data}: no usable samples ({report.summary('sft')})")
 
-    init_ray(cfg)
+    if scfg.scaling.launch == "ray_train":  # an in-process launch needs no cluster for rows in memory
+        init_ray(cfg)
     datasets = {"train": MemoryDataset.from_rows(train_rows, dtype=np.int32)}  # in memory already: no Ray Data
     if eval_rows:
         datasets["eval"] = MemoryDataset.from_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size],

@@ -1,0 +1,137 @@
+"""`scaling.launch: in_process`: one training worker in the stage's own process. The same losses and weights
+as a Ray Train job, checkpoints that resume exactly, a Ray Data stream read in place, no cluster for rows
+held in memory, and clear errors for a config or a folder that does not fit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from faults import FailBeforeStep
+from test_pretrain import config as pretrain_config
+from test_pretrain import write_corpus
+
+from batray import hooks
+from batray.config import load_config
+from batray.errors import BatrayError
+from batray.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sft_data(tmp_path: Path) -> str:
+    rows = [{"prompt": f"What is {i} plus one?", "response": f"It is {i + 1}."} for i in range(40)]
+    rows += [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}"}]}
+             for i in range(20)]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def sft_config(run_dir: Path, data: str, launch: str):
+    return load_config(None, [f"run_dir={run_dir}", f"data.sft={data}", "sft.seq_len=64", "sft.micro_batch_size=4",
+                              "sft.max_steps=8", "sft.log_every=1", "sft.eval_every=4", "sft.ckpt_every=2",
+                              "sft.keep_checkpoints=2", "sft.optim.lr=3e-3", "sft.optim.warmup_steps=1",
+                              "data.held_out_fraction=0.1", f"sft.scaling.launch={launch}"])
+
+
+def tensors(final: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(final, "model.safetensors")))
+
+
+def test_in_process_sft_matches_ray_train_and_resumes_exactly(ray_session, tiny_checkpoint, tmp_path):
+    import torch
+
+    from batray.train import TrainingFailed
+    from batray.train.sft import run_sft
+
+    data = sft_data(tmp_path)
+    ref_final = run_sft(sft_config(tmp_path / "rt", data, "ray_train"), str(tmp_path / "rt" / "sft"),
+                        init_from=tiny_checkpoint, data=data)
+    cfg = sft_config(tmp_path / "ip", data, "in_process")
+    out = tmp_path / "ip" / "sft"
+    with pytest.raises(TrainingFailed, match="rerun the same command"), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(7)):
+        run_sft(cfg, str(out), init_from=tiny_checkpoint, data=data)
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]  # keep 2
+    assert not (out / "ray").exists()
+    final = run_sft(cfg, str(out), init_from=tiny_checkpoint, data=data)  # the same command: resumes at step 6
+
+    ref = read_metrics(tmp_path / "rt" / "sft")
+    got = read_metrics(out)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    for a, b in zip(ref, got):
+        for key in ("loss_response", "lr", "tokens_seen", "eval_loss_response"):
+            assert a.get(key) == b.get(key), (a["step"], key)
+    ref_w, got_w = tensors(ref_final), tensors(final)
+    assert ref_w.keys() == got_w.keys()
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+
+
+def test_in_process_pretrain_reads_its_ray_data_stream_and_resumes_exactly(ray_session, tmp_path):
+    from batray.train import TrainingFailed
+    from batray.train.pretrain import run_pretrain
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    args = (f"data.corpus={corpus}", "pretrain.max_steps=8", "pretrain.scaling.launch=in_process")
+    whole = str(tmp_path / "whole" / "pretrain")
+    run_pretrain(pretrain_config(tmp_path / "whole", *args), whole, corpus=corpus)
+    cut_cfg = pretrain_config(tmp_path / "cut", *args)
+    cut = str(tmp_path / "cut" / "pretrain")
+    with pytest.raises(TrainingFailed), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(6)):
+        run_pretrain(cut_cfg, cut, corpus=corpus)  # stops after the step-4 checkpoint
+    run_pretrain(cut_cfg, cut, corpus=corpus)
+    ref = {r["step"]: r for r in read_metrics(whole)}
+    got = {r["step"]: r for r in read_metrics(cut)}
+    assert sorted(got) == sorted(ref) == list(range(1, 9))
+    for step in range(5, 9):
+        for key in ("loss_l2r", "loss_r2l", "lr"):
+            assert got[step][key] == ref[step][key], (step, key)
+    assert ref[6]["eval_loss_l2r"] == got[6]["eval_loss_l2r"]
+    assert ref[8]["loss_l2r"] < ref[1]["loss_l2r"]
+
+
+IN_PROCESS_SFT = """
+import json, sys
+from batray.config import load_config
+from batray.train.sft import run_sft
+cfg = load_config(None, [f"run_dir={sys.argv[1]}", f"data.sft={sys.argv[3]}", "sft.seq_len=64", "sft.max_steps=2",
+                         "sft.micro_batch_size=4", "sft.scaling.launch=in_process"])
+run_sft(cfg, sys.argv[1] + "/sft", init_from=sys.argv[2], data=sys.argv[3])
+import ray
+print("RESULT " + json.dumps({"ray": ray.is_initialized()}))
+"""
+
+
+def test_in_process_sft_starts_no_cluster(tiny_checkpoint, tmp_path):
+    """Rows in memory and the loop here: the command never starts (or joins) a Ray cluster."""
+    data = sft_data(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS_SFT, str(tmp_path), tiny_checkpoint, data], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result == {"ray": False}
+    assert (tmp_path / "sft" / "final").is_dir()
+
+
+def test_a_launch_resumes_only_its_own_checkpoints_and_in_process_is_one_worker(ray_session, tiny_checkpoint,
+                                                                                  tmp_path):
+    from batray.errors import ConfigError
+    from batray.train.sft import run_sft
+
+    with pytest.raises(ConfigError, match="sft.scaling: .*launch in_process trains one worker.*num_workers 2"):
+        load_config(None, ["sft.scaling.launch=in_process", "sft.scaling.num_workers=2"])
+    data = sft_data(tmp_path)
+    (tmp_path / "a" / "sft" / "ray").mkdir(parents=True)  # a Ray Train run began here
+    with pytest.raises(BatrayError, match="holds a Ray Train run's checkpoints; resume it with scaling.launch ray_train"):
+        run_sft(sft_config(tmp_path / "a", data, "in_process"), str(tmp_path / "a" / "sft"),
+                init_from=tiny_checkpoint, data=data)
+    (tmp_path / "b" / "sft" / "checkpoints" / "step_00000002").mkdir(parents=True)  # an in-process run began here
+    with pytest.raises(BatrayError, match="holds an in-process run's checkpoints; resume it with scaling.launch in_process"):
+        run_sft(sft_config(tmp_path / "b", data, "ray_train"), str(tmp_path / "b" / "sft"),
+                init_from=tiny_checkpoint, data=data)
