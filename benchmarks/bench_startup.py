@@ -7,9 +7,11 @@ the first row of its `metrics.jsonl` (written right after step 1) minus the mome
 spawned. The chain is pretrain -> sft (from pretrain's final) -> reward (from sft's final, on the demo
 world's preference rows), so each stage starts from a real checkpoint, as in `batray run`.
 
-    python benchmarks/bench_startup.py [--repeats 1] [--stages pretrain sft reward]
+    python benchmarks/bench_startup.py [--repeats 1] [--stages pretrain sft reward] [--launch in_process]
 
-Prints a table and the ratio of each stage to the floor; the target is <= 2x.
+Prints a table and the ratio of each stage to the floor; the target is <= 2x. `--launch in_process` runs
+every stage with `scaling.launch: in_process` (the loop in the command's own process, no Ray Train job);
+the default is the config's (Ray Train).
 
 `--recipe`: instead, one `batray run` of the Ray Train stages of the tiny recipe with one or two steps
 each (grow: stage_0, stage_1 and the from-scratch comparison; sft; reward: five Ray Train launches on
@@ -122,8 +124,14 @@ def main() -> int:
     ap.add_argument("--root", default=None, help="run the stages of this checkout (default: this one)")
     ap.add_argument("--trace", action="store_true", help="log every process's start and heavy imports, print them")
     ap.add_argument("--recipe", action="store_true", help="one `batray run` of the Ray Train stages, 1 step each")
+    ap.add_argument("--launch", choices=["ray_train", "in_process"], default=None,
+                    help="every training stage's scaling.launch (default: the config's)")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every stage")
     args = ap.parse_args()
+    if args.launch:
+        args.overrides += [f"{s}.scaling.launch={args.launch}" for s in STAGE_ARGS]
+    if not args.recipe:  # pretrain from scratch, not continuing grow's model (tiny.yaml's order since stop 31)
+        args.overrides.append("stages=[data,pretrain,sft,reward]")
     global TRACE, ROOT
     if args.root:
         ROOT = Path(args.root).resolve()
@@ -152,7 +160,8 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     f = statistics.median(floors)
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, load average {load_before:.2f} before, "
-          f"{load_after:.2f} after; python {platform.python_version()}; logs in {base}; stages from {ROOT}")
+          f"{load_after:.2f} after; python {platform.python_version()}; logs in {base}; stages from {ROOT}; "
+          f"launch {args.launch or 'as configured'}")
     print(f"floor (fresh python: import torch + transformers, build batgpt-tiny): {f:.1f} s "
           f"(runs: {', '.join(f'{x:.1f}' for x in floors)})")
     print("| stage | time to first step s | ratio to floor | whole process s |")

@@ -73,15 +73,17 @@ def test_in_process_sft_matches_ray_train_and_resumes_exactly(ray_session, tiny_
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
 
 
-def test_in_process_pretrain_reads_its_ray_data_stream_and_resumes_exactly(ray_session, tmp_path):
+def test_in_process_pretrain_makes_the_streams_blocks_and_resumes_exactly(ray_session, tmp_path):
+    """In-process pretraining tokenizes the corpus into the blocks Ray Data's stream makes, in its order: a cut
+    and resumed in-process run has a one-worker Ray Train job's losses at every step."""
     from batray.train import TrainingFailed
     from batray.train.pretrain import run_pretrain
 
     corpus = write_corpus(tmp_path / "corpus.jsonl")
-    args = (f"data.corpus={corpus}", "pretrain.max_steps=8", "pretrain.scaling.launch=in_process")
+    args = (f"data.corpus={corpus}", "pretrain.max_steps=8")
     whole = str(tmp_path / "whole" / "pretrain")
-    run_pretrain(pretrain_config(tmp_path / "whole", *args), whole, corpus=corpus)
-    cut_cfg = pretrain_config(tmp_path / "cut", *args)
+    run_pretrain(pretrain_config(tmp_path / "whole", *args), whole, corpus=corpus)  # Ray Train, Ray Data
+    cut_cfg = pretrain_config(tmp_path / "cut", *args, "pretrain.scaling.launch=in_process")
     cut = str(tmp_path / "cut" / "pretrain")
     with pytest.raises(TrainingFailed), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(6)):
         run_pretrain(cut_cfg, cut, corpus=corpus)  # stops after the step-4 checkpoint
@@ -89,34 +91,38 @@ def test_in_process_pretrain_reads_its_ray_data_stream_and_resumes_exactly(ray_s
     ref = {r["step"]: r for r in read_metrics(whole)}
     got = {r["step"]: r for r in read_metrics(cut)}
     assert sorted(got) == sorted(ref) == list(range(1, 9))
-    for step in range(5, 9):
-        for key in ("loss_l2r", "loss_r2l", "lr"):
+    for step in range(1, 9):
+        for key in ("loss_l2r", "loss_r2l", "lr", "tokens_seen"):
             assert got[step][key] == ref[step][key], (step, key)
     assert ref[6]["eval_loss_l2r"] == got[6]["eval_loss_l2r"]
     assert ref[8]["loss_l2r"] < ref[1]["loss_l2r"]
 
 
-IN_PROCESS_SFT = """
+IN_PROCESS_STAGES = """
 import json, sys
 from batray.config import load_config
+from batray.train.pretrain import run_pretrain
 from batray.train.sft import run_sft
-cfg = load_config(None, [f"run_dir={sys.argv[1]}", f"data.sft={sys.argv[3]}", "sft.seq_len=64", "sft.max_steps=2",
-                         "sft.micro_batch_size=4", "sft.scaling.launch=in_process"])
-run_sft(cfg, sys.argv[1] + "/sft", init_from=sys.argv[2], data=sys.argv[3])
+run, corpus, data = sys.argv[1:4]
+cfg = load_config(None, [f"run_dir={run}", "model.vocab_size=400", "pretrain.seq_len=64", "pretrain.max_steps=2",
+                         "pretrain.micro_batch_size=4", "pretrain.scaling.launch=in_process", "sft.seq_len=64",
+                         "sft.max_steps=2", "sft.micro_batch_size=4", "sft.scaling.launch=in_process"])
+pretrained = run_pretrain(cfg, run + "/pretrain", corpus=corpus)
+run_sft(cfg, run + "/sft", init_from=pretrained, data=data)
 import ray
 print("RESULT " + json.dumps({"ray": ray.is_initialized()}))
 """
 
 
-def test_in_process_sft_starts_no_cluster(tiny_checkpoint, tmp_path):
+def test_in_process_pretrain_and_sft_start_no_cluster(tmp_path):
     """Rows in memory and the loop here: the command never starts (or joins) a Ray cluster."""
-    data = sft_data(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", IN_PROCESS_SFT, str(tmp_path), tiny_checkpoint, data], cwd=ROOT,
+    corpus, data = write_corpus(tmp_path / "corpus.jsonl"), sft_data(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS_STAGES, str(tmp_path), corpus, data], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result == {"ray": False}
-    assert (tmp_path / "sft" / "final").is_dir()
+    assert (tmp_path / "pretrain" / "final").is_dir() and (tmp_path / "sft" / "final").is_dir()
 
 
 def test_a_launch_resumes_only_its_own_checkpoints_and_in_process_is_one_worker(ray_session, tiny_checkpoint,

@@ -77,18 +77,19 @@ def continued_or_scratch(cfg: RecipeConfig, consumer: str) -> Resolved:
     return Resolved(None, f"from scratch ({cfg.model.preset})")
 
 
-def _train_launch(train_cfg, *, streams: bool = False):
-    """What a training stage needs of Ray: Ray Train, or (in-process) a cluster only for a Ray Data stream."""
+def _train_launch(train_cfg, *, actors: bool = False):
+    """What a training stage needs of Ray: Ray Train, or in-process a cluster only for its other actors
+    (grow's expansion shard writers)."""
     if train_cfg.scaling.launch == "ray_train":
         return "train"
-    return "actors" if streams else None
+    return "actors" if actors else None
 
 
 register(Stage(
     "pretrain", "§3.1, Eq. 1", "bidirectional autoregressive pretraining on Ray Train",
     (CORPUS, Input("init", ("pretrain.init_from", "model.path"), continued_or_scratch, kind="checkpoint", optional=True)),
     _final, run_pretrain_stage,
-    ray=lambda cfg: _train_launch(cfg.pretrain, streams=True),
+    ray=lambda cfg: _train_launch(cfg.pretrain),
 ))
 
 
@@ -104,7 +105,7 @@ register(Stage(
     "grow", "Alg. 1", "train shallow, stack, train again, until full depth (and an optional width step)",
     (CORPUS,), _final, run_grow_stage,
     done=lambda outputs: is_complete(outputs["model"]) and (Path(outputs["model"]).parent / "summary.json").is_file(),
-    ray=lambda cfg: _train_launch(cfg.pretrain, streams=True),
+    ray=lambda cfg: _train_launch(cfg.pretrain, actors=True),
 ))
 
 

@@ -33,6 +33,13 @@ class MemoryDataset:
         columns = {k: np.asarray([r[k] for r in rows], dtype=dtype) for k in rows[0]}
         return cls(num_rows=len(rows), columns=columns)
 
+    @classmethod
+    def from_columns(cls, columns: dict) -> MemoryDataset:
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(f"a MemoryDataset needs columns of one non-zero length, not {sorted(lengths)}")
+        return cls(num_rows=lengths.pop(), columns=columns)
+
     def in_object_store(self) -> MemoryDataset:
         """The same rows by object-store reference: what a Ray Train job carries to its workers (a job pickled
         with the arrays in it would copy them into every worker's task)."""

@@ -1,7 +1,8 @@
 """Bidirectional autoregressive pretraining (§3.1, Eq. 1) as a Ray Train job (`batray pretrain`).
 
 Writes `out_dir/`: `final/` (HF folder + tokenizer + batray.json), `metrics.jsonl`, `tb/`,
-`tokenizer/`, checkpoints in `ray/`. Running it again resumes or skips.
+`tokenizer/`, checkpoints in `ray/` (`checkpoints/` with `pretrain.scaling.launch: in_process`, which makes
+the corpus's blocks in this process instead of a Ray Data stream). Running it again resumes or skips.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from batray.errors import DataError
 from batray.ray_session import init_ray
 from batray.train.launcher import fit
 from batray.train.lm_data import corpus_blocks
+from batray.train.memory_data import MemoryDataset
 from batray.train.stage import prepare_tokenizer, with_max_steps
 from batray.train.task import CausalLMTask, ModelSource, Objective
 
 log = logging.getLogger("batray.pretrain")
+
+CORPUS_BATCH = 256  # texts per `corpus_blocks` call (a block never spans two calls)
 
 
 def run_pretrain(cfg: RecipeConfig, out_dir: str, *, corpus: str, init_from: str | None = None,
@@ -43,11 +47,20 @@ def run_pretrain(cfg: RecipeConfig, out_dir: str, *, corpus: str, init_from: str
     tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, lambda: (r["text"] for r in rows), init_from,
                                            directions=True)  # Eq. 1: the direction tokens, <|l2r|> as BOS
 
-    init_ray(cfg)
-    datasets = corpus_datasets(corpus, tokenizer, cfg, pcfg)
-    eval_ds = held_out_dataset([r["text"] for r in rows], tokenizer, cfg, pcfg)
-    if eval_ds is not None:
-        datasets["eval"] = eval_ds
+    eval_cols = held_out_columns([r["text"] for r in rows], tokenizer, cfg, pcfg)
+    if pcfg.scaling.launch == "in_process":
+        # the rows are here already (the validation pass): their blocks too, and no cluster for a Ray Data stream
+        datasets = {"train": memory_blocks(rows, tokenizer, cfg, pcfg)}
+        if eval_cols is not None:
+            datasets["eval"] = MemoryDataset.from_columns(eval_cols)
+    else:
+        import ray.data
+
+        init_ray(cfg)
+        datasets = corpus_datasets(corpus, tokenizer, cfg, pcfg)
+        if eval_cols is not None:
+            n = len(eval_cols["input_ids"])
+            datasets["eval"] = ray.data.from_items([{c: v[i] for c, v in eval_cols.items()} for i in range(n)])
     del rows
     overrides = {} if init_from else {"vocab_size": len(tokenizer), **(model_overrides or {})}
     source = ModelSource(path=init_from, preset=None if init_from else cfg.model.preset, overrides=overrides,
@@ -68,17 +81,30 @@ def corpus_datasets(corpus: str, tokenizer, cfg: RecipeConfig, pcfg) -> dict:
     """The training stream: corpus -> Eq. 1 blocks (Ray Data, streamed), held-out texts left out."""
     texts = ray_dataset(corpus).select_columns(["text"])
     train = texts.map_batches(corpus_blocks, fn_kwargs={**block_kwargs(tokenizer, cfg, pcfg), "split": "train"},
-                              batch_size=256, batch_format="numpy")
+                              batch_size=CORPUS_BATCH, batch_format="numpy")
     return {"train": train}
 
 
-def held_out_dataset(texts: list[str], tokenizer, cfg: RecipeConfig, pcfg):
-    """The held-out split (texts picked by a stable hash), only the `eval_batches` worth of blocks used.
+def memory_blocks(rows: list[dict], tokenizer, cfg: RecipeConfig, pcfg) -> MemoryDataset:
+    """The training blocks of an in-process launch, made here in the stream's order: `corpus_blocks` over
+    the same 256-row batches `corpus_datasets` maps (the corpus is tokenized before the first step)."""
+    import numpy as np
+
+    parts = [corpus_blocks({"text": np.asarray([r["text"] for r in rows[i:i + CORPUS_BATCH]], dtype=object)},
+                           **block_kwargs(tokenizer, cfg, pcfg), split="train")
+             for i in range(0, len(rows), CORPUS_BATCH)]
+    columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    if not len(columns["input_ids"]):
+        raise DataError(f"pretrain: the corpus makes no training block of {pcfg.seq_len} tokens")
+    return MemoryDataset.from_columns(columns)
+
+
+def held_out_columns(texts: list[str], tokenizer, cfg: RecipeConfig, pcfg) -> dict | None:
+    """The held-out split's blocks (texts picked by a stable hash), only the `eval_batches` worth used.
 
     Built here from the validation pass's rows: it is small, and every worker reads all of it.
     """
     import numpy as np
-    import ray.data
 
     if cfg.data.held_out_fraction <= 0:
         return None
@@ -87,4 +113,4 @@ def held_out_dataset(texts: list[str], tokenizer, cfg: RecipeConfig, pcfg):
     if n == 0:
         log.warning("pretrain: the held-out split is empty; no eval metrics")
         return None
-    return ray.data.from_items([{c: v[i] for c, v in cols.items()} for i in range(n)])
+    return {c: v[:n] for c, v in cols.items()}
