@@ -132,6 +132,9 @@ def test_a_launch_resumes_only_its_own_checkpoints_and_in_process_is_one_worker(
 
     with pytest.raises(ConfigError, match="sft.scaling: .*launch in_process trains one worker.*num_workers 2"):
         load_config(None, ["sft.scaling.launch=in_process", "sft.scaling.num_workers=2"])
+    # how a stage is launched is not what it computes: the config hash in every checkpoint stays the same
+    assert load_config(None, ["sft.scaling.launch=in_process"]).digest() == load_config(None, []).digest()
+    assert load_config(None, ["sft.max_steps=3"]).digest() != load_config(None, []).digest()
     data = sft_data(tmp_path)
     (tmp_path / "a" / "sft" / "ray").mkdir(parents=True)  # a Ray Train run began here
     with pytest.raises(BatrayError, match="holds a Ray Train run's checkpoints; resume it with scaling.launch ray_train"):

@@ -86,8 +86,13 @@ class RecipeConfig(Schema):
     def digest(self) -> str:
         """A short hash of the resolved config, stored in every checkpoint's batray.json.
 
-        `logging` is left out: where metrics go does not change what a stage computes."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"logging"}), sort_keys=True)
+        `logging` is left out: where metrics go does not change what a stage computes; nor does a training
+        stage's `scaling.launch` (in-process and Ray Train train bit-identically: tests/test_in_process.py)."""
+        dumped = self.model_dump(mode="json", exclude={"logging"})
+        for section in dumped.values():
+            if isinstance(section, dict) and isinstance(section.get("scaling"), dict):
+                section["scaling"].pop("launch", None)
+        blob = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

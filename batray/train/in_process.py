@@ -22,7 +22,6 @@ by the other: a folder with Ray Train's `ray/` is resumed by `launch: ray_train`
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -78,20 +77,13 @@ def process_group(use_gpu: bool) -> Iterator[None]:
     command (`batray run`) trains on the same one. A group the caller made is used as it is."""
     import torch.distributed as dist
 
+    from batray.ray_session import environ
+
     # what a launcher sets for rank 0 of 1 (DeepSpeed's engine asserts LOCAL_RANK); the command's own values back after
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}):
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_gpu else "gloo", store=dist.HashStore(), rank=0, world_size=1)
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def train_in_process(job, *, datasets: dict, keep: int, threads: int, use_gpu: bool) -> None:
