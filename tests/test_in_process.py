@@ -144,3 +144,29 @@ def test_a_launch_resumes_only_its_own_checkpoints_and_in_process_is_one_worker(
     with pytest.raises(BatrayError, match="holds an in-process run's checkpoints; resume it with scaling.launch in_process"):
         run_sft(sft_config(tmp_path / "b", data, "ray_train"), str(tmp_path / "b" / "sft"),
                 init_from=tiny_checkpoint, data=data)
+
+
+def test_in_process_lora_under_zero3_resumes_and_merges(tmp_path):
+    """The in-process launch with what its one worker can still combine: LoRA adapters, ZeRO-3 on a group of
+    one, a crash and a resume from the adapter's checkpoint, the merged final/ loading without peft."""
+    from faults import FailBeforeStep
+    from model_zoo import build_checkpoint
+    from test_lora import ANSWERS, LORA, QUESTIONS, _write
+    from transformers import AutoModelForCausalLM
+
+    from batray.train import TrainingFailed
+    from batray.train.sft import run_sft
+
+    stock = build_checkpoint("glm", tmp_path / "stock")
+    settings = ["max_steps=4", "micro_batch_size=2", "seq_len=48", "log_every=1", "eval_every=100", "ckpt_every=2",
+                "optim.lr=0.01", "deepspeed.zero_stage=3", "scaling.launch=in_process", *[f"lora.{x}" for x in LORA]]
+    cfg = load_config(None, [f"run_dir={tmp_path}", "data.held_out_fraction=0", *[f"sft.{x}" for x in settings]])
+    data = _write(tmp_path / "d.jsonl", [{"prompt": q, "response": a} for q, a in zip(QUESTIONS, ANSWERS)] * 4)
+    out = tmp_path / "sft"
+    with pytest.raises(TrainingFailed), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(3)):
+        run_sft(cfg, str(out), init_from=stock, data=data)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    final = run_sft(cfg, str(out), init_from=stock, data=data)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert (Path(final) / "adapter").is_dir()
+    AutoModelForCausalLM.from_pretrained(final)
