@@ -166,7 +166,9 @@ def test_in_process_lora_under_zero3_resumes_and_merges(tmp_path):
     with pytest.raises(TrainingFailed), hooks.on(hooks.TRAIN_BEFORE_STEP, FailBeforeStep(3)):
         run_sft(cfg, str(out), init_from=stock, data=data)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    (out / "checkpoints" / ".step_00000004.partial").mkdir()  # as a save cut by a kill leaves it
     final = run_sft(cfg, str(out), init_from=stock, data=data)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002"]  # no step-4 save (last)
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     assert (Path(final) / "adapter").is_dir()
     AutoModelForCausalLM.from_pretrained(final)

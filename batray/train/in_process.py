@@ -41,6 +41,8 @@ class InProcessSession:
 
         self.dir = Path(out_dir) / CHECKPOINTS
         self.datasets, self.keep, self.threads = datasets, keep, threads
+        for partial in self.dir.glob(".step_*.partial"):  # a save the last run did not finish
+            shutil.rmtree(partial)
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
 
     def steps(self) -> list[Path]:
