@@ -42,8 +42,9 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     `batray.train.memory_data.MemoryDataset` (rows the driver holds, read from the object store, or in place).
 
     Returns `<out_dir>/final`. Skips when it is already complete; resumes from `<out_dir>/ray/` (in-process:
-    `<out_dir>/checkpoints/`) when a previous run left checkpoints there. recipe: the whole resolved `RecipeConfig`; its `logging`
-    section chooses the trackers (which get the whole config as parameters) and the progress display.
+    `<out_dir>/checkpoints/`) when a previous run left checkpoints there. recipe: the whole resolved
+    `RecipeConfig`; its `logging` section chooses the trackers (which get the whole config as parameters) and
+    the progress display. `train_cfg.scaling.launch` chooses a Ray Train job or this process.
     """
     if "://" in out_dir:
         raise BatrayError(f"{task.stage}: out_dir {out_dir!r}: training writes its folder locally (or on a shared mount)")
