@@ -22,7 +22,6 @@ from batray.data.sources import source_exists
 from batray.errors import BatrayError, DataError
 from batray.models.hub import is_hub_id
 from batray.models.presets import PRESETS, is_checkpoint_dir
-from batray.ray_session import init_ray
 from batray.reward.data import encode_triples, load_triples, render, split_held_out
 from batray.reward.task import RewardTask, triple_rows, write_triples
 from batray.train.launcher import fit
@@ -67,8 +66,6 @@ def run_reward(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_ste
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_triples(held, held_path)
 
-    if rcfg.scaling.launch == "ray_train":  # an in-process launch needs no cluster for rows in memory
-        init_ray(cfg)
     pad = tokenizer.pad_token_id
     datasets = {"train": MemoryDataset.from_rows(triple_rows(train, rcfg.seq_len, pad))}  # in memory: no Ray Data
     if held:

@@ -36,8 +36,9 @@ def run_stage(cfg: RecipeConfig, name: str, kit: ActorKit, *, out_dir: str | Non
             data.stage.run(StageCall(cfg, data, kit))
     check_inputs(plan)
     cluster_started = False
-    if plan.stage.ray_for(cfg) and plan.status != "done":  # a local cluster starts while the stage reads its data
-        cluster_started = start_ray_early(cfg, train=plan.stage.ray_for(cfg) == "train")
+    ray_use = plan.stage.ray_for(cfg)
+    if ray_use and plan.status != "done":  # a local cluster starts while the stage reads its data
+        cluster_started = start_ray_early(cfg, train=ray_use == "train")
     try:
         summary = plan.stage.run(StageCall(cfg, plan, kit)) or {}
     finally:
@@ -100,8 +101,8 @@ def run_recipe(cfg: RecipeConfig, kit: ActorKit, *, only: list[str] | None = Non
     # The local cluster starts now, in the background, while the first stages (the demo data, its tokenizer)
     # run; the first stage on Ray waits for it. A run whose stages are all done starts none.
     todo = [plan for plan in plan_recipe(cfg, stages) if plan.status != "done"]
-    cluster_started = any(plan.stage.ray_for(cfg) for plan in todo) and start_ray_early(
-        cfg, train=any(plan.stage.ray_for(cfg) == "train" for plan in todo))
+    ray_uses = {plan.stage.ray_for(cfg) for plan in todo} - {None}
+    cluster_started = bool(ray_uses) and start_ray_early(cfg, train="train" in ray_uses)
     try:
         _run_stages(cfg, kit, stages, state, console)
     finally:

@@ -45,15 +45,9 @@ class InProcessSession:
             shutil.rmtree(partial)
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
 
-    def steps(self) -> list[Path]:
-        """The complete checkpoint folders, oldest first (a temporary folder of a cut save is not one)."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
-
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
-        steps = self.steps()
+        steps = checkpoint_steps(self.dir)
         yield str(steps[-1]) if steps else None
 
     def save_checkpoint(self, ckpt_dir: str, step: int, metrics: dict) -> None:
@@ -65,7 +59,7 @@ class InProcessSession:
         if final.exists():  # the same step saved again after a resume: the new save replaces it
             shutil.rmtree(final)
         partial.rename(final)
-        for old in self.steps()[:-self.keep]:
+        for old in checkpoint_steps(self.dir)[:-self.keep]:
             shutil.rmtree(old)
 
     def dataset_shard(self, name: str):
@@ -103,6 +97,12 @@ def train_in_process(job, *, datasets: dict, keep: int, threads: int, use_gpu: b
         torch.set_num_threads(before)  # the loop set the stage's threads; the command's other work gets its own back
 
 
+def checkpoint_steps(folder: Path) -> list[Path]:
+    """The complete checkpoint folders, oldest first (the temporary folder of a cut save is not one)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+
+
 def has_checkpoints(out_dir: str) -> bool:
-    d = Path(out_dir) / CHECKPOINTS
-    return d.is_dir() and any(_STEP_DIR.match(p.name) for p in d.iterdir())
+    return bool(checkpoint_steps(Path(out_dir) / CHECKPOINTS))

@@ -18,7 +18,7 @@ from batray import hooks
 from batray.checkpoint import is_complete
 from batray.config.base import TrainConfig
 from batray.errors import BatrayError
-from batray.ray_session import ray_data_output
+from batray.ray_session import init_ray, ray_data_output
 from batray.trackers import TrackerSpec, open_trackers
 from batray.train.loop import JobSpec, train_loop
 from batray.train.memory_data import MemoryDataset
@@ -56,37 +56,52 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     out.mkdir(parents=True, exist_ok=True)
     scaling = train_cfg.scaling
     check_launch_matches(task.stage, out, scaling.launch)
-    if scaling.launch == "in_process":
-        return _fit_in_process(task, train_cfg, out, datasets=datasets, seed=seed, recipe=recipe)
-
-    import ray
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from batray.train.backend import TorchProcessGroup
-
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = 1
+    in_process = scaling.launch == "in_process"
     logging_cfg = recipe.logging if recipe is not None else None
     spec = TrackerSpec.of(recipe, task.stage, str(out)) if recipe is not None else None
-    ray_data_output(logging_cfg)
-    memory = {k: v.in_object_store() for k, v in datasets.items() if isinstance(v, MemoryDataset)}
+    memory = {k: v for k, v in datasets.items() if isinstance(v, MemoryDataset)}
     streamed = {k: v for k, v in datasets.items() if k not in memory}
-    data_config = None
+    if not in_process:
+        init_ray(recipe)  # (quiets Ray Data's output too) an in-process stage of rows in memory needs no cluster
+        memory = {k: v.in_object_store() for k, v in memory.items()}
+    elif streamed:
+        ray_data_output(logging_cfg)
     if streamed:
         from ray.data import DataContext
 
         # A deterministic stream is what makes skip-to-position exact on resume.
         DataContext.get_current().execution_options.preserve_order = True
-        ingest = copy.deepcopy(DataContext.get_current().execution_options)
-        data_config = DataConfig(datasets_to_split=[k for k in ("train",) if k in streamed], execution_options=ingest)
-    monitor = StageMonitor(task.stage, train_cfg.max_steps, trackers=open_trackers(spec),
+    monitor = StageMonitor(task.stage, train_cfg.max_steps, trackers=open_trackers(spec), in_process=in_process,
                            mode=logging_cfg.progress if logging_cfg is not None else "auto")
     job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
                   hooks=hooks.carried(), memory_data=memory, channel=monitor.channel,
                   tensorboard=logging_cfg is None or "tensorboard" in logging_cfg.report_to)
+    (_train_here if in_process else _train_on_ray_train)(job, monitor, streamed)
+    if not is_complete(final):
+        raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
+    return str(final)
+
+
+def _train_on_ray_train(job: JobSpec, monitor: StageMonitor, streamed: dict) -> None:
+    """The job as a Ray Train `TorchTrainer` (checkpoints in `<out_dir>/ray/`)."""
+    import ray
+    import ray.train
+    from ray.data import DataContext
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from batray.train.backend import TorchProcessGroup
+
+    train_cfg, out, stage = job.train, Path(job.out_dir), job.task.stage
+    scaling = train_cfg.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = 1
+    data_config = {}
+    if streamed:
+        ingest = copy.deepcopy(DataContext.get_current().execution_options)
+        data_config = {"dataset_config": DataConfig(datasets_to_split=[k for k in ("train",) if k in streamed],
+                                                    execution_options=ingest)}
     trainer = TorchTrainer(
         train_loop,
         # By reference: Ray Train's controller unpickles `train_loop_config`, and the job's classes would
@@ -102,10 +117,10 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
             failure_config=FailureConfig(max_failures=0),
         ),
         datasets=streamed or None,
-        **({"dataset_config": data_config} if data_config is not None else {}),
+        **data_config,
     )
     resuming = (out / RAY_RUN_NAME).exists()
-    log.info("%s: %s %d worker(s), ZeRO-%d, into %s", task.stage, "resuming" if resuming else "starting",
+    log.info("%s: %s %d worker(s), ZeRO-%d, into %s", stage, "resuming" if resuming else "starting",
              scaling.num_workers, train_cfg.deepspeed.zero_stage, out)
     try:
         with monitor:
@@ -113,12 +128,28 @@ def fit(task: TrainTask, train_cfg: TrainConfig, out_dir: str, *, datasets: dict
     except ray.train.TrainingFailedError as e:
         cause = str(e).strip().splitlines()
         raise TrainingFailed(
-            f"{task.stage} stopped: {cause[-1] if cause else type(e).__name__}; "
+            f"{stage} stopped: {cause[-1] if cause else type(e).__name__}; "
             f"rerun the same command to resume from the last checkpoint in {out / RAY_RUN_NAME}"
         ) from e
-    if not is_complete(final):
-        raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
-    return str(final)
+
+
+def _train_here(job: JobSpec, monitor: StageMonitor, streamed: dict) -> None:
+    """The job's one worker in this process (`batray.train.in_process`; checkpoints in `<out_dir>/checkpoints/`)."""
+    from batray.train.in_process import CHECKPOINTS, has_checkpoints, train_in_process
+
+    train_cfg, out, stage = job.train, Path(job.out_dir), job.task.stage
+    log.info("%s: %s in this process, ZeRO-%d, into %s", stage,
+             "resuming" if has_checkpoints(str(out)) else "starting", train_cfg.deepspeed.zero_stage, out)
+    try:
+        with monitor:
+            train_in_process(job, datasets=streamed, keep=train_cfg.keep_checkpoints,
+                             threads=max(1, int(train_cfg.scaling.cpus_per_worker)), use_gpu=train_cfg.scaling.use_gpu)
+    except BatrayError:
+        raise
+    except Exception as e:  # the loop's own error, one line as a Ray Train failure reads, and how to resume
+        lines = str(e).strip().splitlines()
+        raise TrainingFailed(f"{stage} stopped: {type(e).__name__}{': ' + lines[-1] if lines else ''}; rerun the "
+                             f"same command to resume from the last checkpoint in {out / CHECKPOINTS}") from e
 
 
 def check_launch_matches(stage: str, out: Path, launch: str) -> None:
@@ -131,40 +162,3 @@ def check_launch_matches(stage: str, out: Path, launch: str) -> None:
     if launch == "ray_train" and has_checkpoints(str(out)):
         raise BatrayError(f"{stage}: {out / CHECKPOINTS} holds an in-process run's checkpoints; resume it with "
                           f"scaling.launch in_process, or remove that folder to start again on Ray Train")
-
-
-def _fit_in_process(task: TrainTask, train_cfg: TrainConfig, out: Path, *, datasets: dict, seed: int,
-                    recipe) -> str:
-    """`fit` with the loop in this process (`batray.train.in_process`)."""
-    from batray.train.in_process import CHECKPOINTS, has_checkpoints, train_in_process
-
-    scaling = train_cfg.scaling
-    logging_cfg = recipe.logging if recipe is not None else None
-    spec = TrackerSpec.of(recipe, task.stage, str(out)) if recipe is not None else None
-    streamed = {k: v for k, v in datasets.items() if not isinstance(v, MemoryDataset)}
-    if streamed:
-        from ray.data import DataContext
-
-        ray_data_output(logging_cfg)
-        DataContext.get_current().execution_options.preserve_order = True  # exact skip-to-position on resume
-    monitor = StageMonitor(task.stage, train_cfg.max_steps, trackers=open_trackers(spec), in_process=True,
-                           mode=logging_cfg.progress if logging_cfg is not None else "auto")
-    job = JobSpec(task=task, train=train_cfg, out_dir=str(out), seed=seed, has_eval="eval" in datasets,
-                  memory_data={k: v for k, v in datasets.items() if k not in streamed}, channel=monitor.channel,
-                  tensorboard=logging_cfg is None or "tensorboard" in logging_cfg.report_to)
-    log.info("%s: %s in this process, ZeRO-%d, into %s", task.stage,
-             "resuming" if has_checkpoints(str(out)) else "starting", train_cfg.deepspeed.zero_stage, out)
-    try:
-        with monitor:
-            train_in_process(job, datasets=streamed, keep=train_cfg.keep_checkpoints,
-                             threads=max(1, int(scaling.cpus_per_worker)), use_gpu=scaling.use_gpu)
-    except BatrayError:
-        raise
-    except Exception as e:  # the loop's own error, one line as a Ray Train failure reads, and how to resume
-        lines = str(e).strip().splitlines()
-        raise TrainingFailed(f"{task.stage} stopped: {type(e).__name__}{': ' + lines[-1] if lines else ''}; rerun the "
-                             f"same command to resume from the last checkpoint in {out / CHECKPOINTS}") from e
-    final = out / "final"
-    if not is_complete(final):
-        raise TrainingFailed(f"{task.stage}: training ended without writing {final}")
-    return str(final)

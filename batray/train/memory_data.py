@@ -3,8 +3,8 @@ through the object store instead of a Ray Data pipeline.
 
 `MemoryDataset.from_rows` stacks the rows into numpy columns; a Ray Train launch puts them in Ray's object
 store once and each worker maps them read-only (zero-copy), an in-process launch reads them where they are;
-either way a worker iterates its contiguous share of the rows in a fixed order. Skipping Ray Data saves its start-up (the split coordinator actor and executor) and its
-per-batch prefetch thread in the worker; a stage whose data does not fit in memory (a pretraining
+either way a worker iterates its contiguous share of the rows in a fixed order. Skipping Ray Data saves
+its start-up (the split coordinator actor and executor) and its per-batch prefetch thread in the worker; a stage whose data does not fit in memory (a pretraining
 corpus) keeps Ray Data's streaming. The iteration API is the subset of `DataIterator` the loop uses.
 """
 
@@ -30,8 +30,7 @@ class MemoryDataset:
         """`dtype`: the columns' type (e.g. np.int32 for token ids), else numpy's choice."""
         if not rows:
             raise ValueError("a MemoryDataset needs at least one row")
-        columns = {k: np.asarray([r[k] for r in rows], dtype=dtype) for k in rows[0]}
-        return cls(num_rows=len(rows), columns=columns)
+        return cls.from_columns({k: np.asarray([r[k] for r in rows], dtype=dtype) for k in rows[0]})
 
     @classmethod
     def from_columns(cls, columns: dict) -> MemoryDataset:

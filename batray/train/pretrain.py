@@ -47,20 +47,15 @@ def run_pretrain(cfg: RecipeConfig, out_dir: str, *, corpus: str, init_from: str
     tokenizer, tok_dir = prepare_tokenizer(cfg, out_dir, lambda: (r["text"] for r in rows), init_from,
                                            directions=True)  # Eq. 1: the direction tokens, <|l2r|> as BOS
 
-    eval_cols = held_out_columns([r["text"] for r in rows], tokenizer, cfg, pcfg)
     if pcfg.scaling.launch == "in_process":
         # the rows are here already (the validation pass): their blocks too, and no cluster for a Ray Data stream
         datasets = {"train": memory_blocks(rows, tokenizer, cfg, pcfg)}
-        if eval_cols is not None:
-            datasets["eval"] = MemoryDataset.from_columns(eval_cols)
     else:
-        import ray.data
-
         init_ray(cfg)
         datasets = corpus_datasets(corpus, tokenizer, cfg, pcfg)
-        if eval_cols is not None:
-            n = len(eval_cols["input_ids"])
-            datasets["eval"] = ray.data.from_items([{c: v[i] for c, v in eval_cols.items()} for i in range(n)])
+    eval_cols = held_out_columns([r["text"] for r in rows], tokenizer, cfg, pcfg)
+    if eval_cols is not None:  # small, and every worker reads all of it: rows in memory either way
+        datasets["eval"] = MemoryDataset.from_columns(eval_cols)
     del rows
     overrides = {} if init_from else {"vocab_size": len(tokenizer), **(model_overrides or {})}
     source = ModelSource(path=init_from, preset=None if init_from else cfg.model.preset, overrides=overrides,

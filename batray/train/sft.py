@@ -20,7 +20,6 @@ from batray.data.io import write_rejected
 from batray.data.load import load_sft
 from batray.data.sft import SampleError, build_sft_sample
 from batray.errors import DataError
-from batray.ray_session import init_ray
 from batray.train.launcher import fit
 from batray.train.lm_data import is_held_out, pack_sft_samples, pad_sft_sample
 from batray.train.memory_data import MemoryDataset
@@ -66,8 +65,6 @@ def run_sft(cfg: RecipeConfig, out_dir: str, *, init_from: str, data, max_steps:
     if not train_rows:
         raise DataError(f"sft data {data}: no usable samples ({report.summary('sft')})")
 
-    if scfg.scaling.launch == "ray_train":  # an in-process launch needs no cluster for rows in memory
-        init_ray(cfg)
     datasets = {"train": MemoryDataset.from_rows(train_rows, dtype=np.int32)}  # in memory already: no Ray Data
     if eval_rows:
         datasets["eval"] = MemoryDataset.from_rows(eval_rows[: scfg.eval_batches * scfg.micro_batch_size],
