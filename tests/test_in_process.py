@@ -172,3 +172,31 @@ def test_in_process_lora_under_zero3_resumes_and_merges(tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     assert (Path(final) / "adapter").is_dir()
     AutoModelForCausalLM.from_pretrained(final)
+
+
+def test_a_stock_llama_checkpoint_goes_through_in_process_sft_and_reward(tmp_path):
+    """What a user brings (a Hugging Face Llama folder with its own tokenizer and chat template, not one batray
+    wrote): SFT, then the reward model from it, both in-process; plain transformers loads what they wrote."""
+    from model_zoo import build_checkpoint
+    from test_lora import ANSWERS, QUESTIONS, WRONG, _write
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from batray.reward.stage import run_reward
+    from batray.train.sft import run_sft
+
+    stock = build_checkpoint("llama", tmp_path / "stock")
+    common = ["max_steps=3", "micro_batch_size=2", "seq_len=48", "log_every=1", "eval_every=100", "ckpt_every=2",
+              "scaling.launch=in_process"]
+    cfg = load_config(None, [f"run_dir={tmp_path}", "data.held_out_fraction=0", "reward.held_out_fraction=0.2",
+                             *[f"sft.{x}" for x in common], *[f"reward.{x}" for x in common]])
+    sft_data = _write(tmp_path / "s.jsonl", [{"prompt": q, "response": a} for q, a in zip(QUESTIONS, ANSWERS)] * 4)
+    sft = run_sft(cfg, str(tmp_path / "sft"), init_from=stock, data=sft_data)
+    prefs = _write(tmp_path / "p.jsonl", [{"prompt": q, "chosen": a, "rejected": w}
+                                          for q, a, w in zip(QUESTIONS, ANSWERS, WRONG)] * 4)
+    reward = run_reward(cfg, str(tmp_path / "reward"), init_from=sft, data=prefs)
+    assert type(AutoModelForCausalLM.from_pretrained(sft)).__name__ == "LlamaForCausalLM"
+    assert type(AutoModelForSequenceClassification.from_pretrained(reward)).__name__ == "LlamaForSequenceClassification"
+    sft_rows, reward_rows = read_metrics(tmp_path / "sft"), read_metrics(tmp_path / "reward")
+    assert [r["step"] for r in sft_rows] == [r["step"] for r in reward_rows] == [1, 2, 3]
+    assert sft_rows[-1]["loss_response"] < sft_rows[0]["loss_response"]
+    assert (tmp_path / "sft" / "checkpoints" / "step_00000002").is_dir()
