@@ -211,6 +211,7 @@ def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, 
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.ppo_epochs=1", "ppo.colocate=false",
         "ppo.deepspeed.zero_stage=3", "ppo.policy.num_actors=2", "ppo.policy.strategy=STRICT_SPREAD",
         "ppo.critic.num_cpus=1", "ppo.reference.num_cpus=0.5", "ppo.reward.num_cpus=0.5", "ppo.rollout.num_cpus=0.5",
+        "ppo.profile_phases=true",
     )
     seen = {}
 
@@ -224,4 +225,10 @@ def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, 
     rows = read_metrics(tmp_path / "two")
     assert [r["step"] for r in rows] == [1, 2] and all(r["samples"] == 8 for r in rows)
     assert max(r["rollout_logprob_diff_max"] for r in rows) < 1e-3
+    # the phase profile: the critical compute is one actor's (or one per role, in sync), the total is all of
+    # them; the experience forwards run on five actors (two policy ranks, reference, critic, reward)
+    for r in rows:
+        for phase in ("generate", "experience", "train", "sync"):
+            assert 0 < r[f"compute_{phase}"] <= r[f"busy_{phase}"] + 1e-9, (phase, r)
+        assert r["busy_experience"] > r["compute_experience"]
     assert is_complete(final)

@@ -87,17 +87,20 @@ class Driver:
             raise BatrayError(f"weight sync ({self.weight_sync.transport}) failed: {remote_error_line(e)}") from None
         self.synced_tag = tag
 
-    def compute_time(self, *roles: str, sequential: bool = False) -> float | None:
+    def compute_time(self, *roles: str, sequential: bool = False) -> tuple[float, float] | None:
         """With `ppo.profile_phases`: the own-compute time of the phase's actors since the last read, read
-        outside the phase's timing. Actors within a phase run concurrently (the slowest counts); with
-        `sequential`, the roles ran one after the other (their slowest actors add up)."""
+        outside the phase's timing, as (critical, total). Actors within a phase run concurrently (the slowest
+        is the critical time); with `sequential`, the roles ran one after the other (their slowest actors add
+        up). `total` is every actor's busy time summed: over the cluster's cores, a lower bound on the phase
+        when its actors share fewer cores than there are actors."""
         import ray
 
         if not self.ppo.profile_phases:
             return None
         per_role = [ray.get([a.take_busy.remote() for a in self.roles[r].actors], timeout=self.ppo.actor_timeout_s)
                     for r in roles]
-        return sum(max(t) for t in per_role) if sequential else max(t for ts in per_role for t in ts)
+        critical = sum(max(t) for t in per_role) if sequential else max(t for ts in per_role for t in ts)
+        return critical, sum(t for ts in per_role for t in ts)
 
     def _recover(self, role: str, err: Exception, attempt: int) -> None:
         """Wait for Ray to restart the role's actors, then re-sync rollout engines."""
@@ -262,7 +265,8 @@ class Driver:
         row.update({f"time_{k}": v for k, v in times.items()})
         row["time_step"] = sum(times.values())
         if self.ppo.profile_phases:
-            row.update({f"compute_{k}": v for k, v in compute.items()})
+            row.update({f"compute_{k}": critical for k, (critical, _) in compute.items()})
+            row.update({f"busy_{k}": total for k, (_, total) in compute.items()})
         row["generate_tokens_per_s"] = gen_tokens / max(times["generate"], 1e-9)
         row["train_tokens_per_s"] = train_tokens / max(times["train"], 1e-9)
         row["samples"] = float(len(samples))
