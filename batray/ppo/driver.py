@@ -265,8 +265,8 @@ class Driver:
         row.update({f"time_{k}": v for k, v in times.items()})
         row["time_step"] = sum(times.values())
         if self.ppo.profile_phases:
-            row.update({f"compute_{k}": critical for k, (critical, _) in compute.items()})
-            row.update({f"busy_{k}": total for k, (_, total) in compute.items()})
+            for k, (critical, total) in compute.items():
+                row[f"compute_{k}"], row[f"busy_{k}"] = critical, total
         row["generate_tokens_per_s"] = gen_tokens / max(times["generate"], 1e-9)
         row["train_tokens_per_s"] = train_tokens / max(times["train"], 1e-9)
         row["samples"] = float(len(samples))
