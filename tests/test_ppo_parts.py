@@ -411,3 +411,33 @@ def test_grad_norms_are_the_global_norm_under_every_zero_stage(tiny_checkpoint, 
             assert isinstance(p, float) and math.isfinite(p) and isinstance(c, float) and math.isfinite(c)
             assert p == pytest.approx(policy_norm, rel=1e-4), (rank, stage)
             assert c == pytest.approx(critic_norm, rel=1e-4), (rank, stage)
+
+
+def test_row_parts_send_small_splits_inline_and_put_big_ones_once(ray_session):
+    """A small split travels inside each call (no object-store fetch before the actor starts); one above
+    `RowParts.INLINE_BYTES` is put once and shared by reference. Either way the actor reads the same rows."""
+    import ray
+
+    from batray.ppo.driver import RowParts
+    from batray.ppo.wire import wire_nbytes
+
+    small = collate(_samples(), PAD)
+    parts = RowParts(small)
+    first, again = parts.refs(1), parts.refs(1)
+    assert isinstance(first[0], dict) and first[0] is again[0]  # made once, shared by the roles
+    assert wire_nbytes(first[0]) <= RowParts.INLINE_BYTES
+    halves = parts.refs(2)
+    assert [from_wire(h)["input_ids"].tolist() for h in halves] == [[row] for row in small["input_ids"].tolist()]
+
+    rows = RowParts.INLINE_BYTES // (8 * 64) + 1  # int64 rows of 64 tokens: just over the limit in input_ids alone
+    big = {"input_ids": torch.arange(rows * 64).reshape(rows, 64), "mask": torch.ones(rows, 64, dtype=torch.bfloat16)}
+    assert wire_nbytes(to_wire(big)) == rows * 64 * 8 + rows * 64 * 2  # the bf16 raw bytes counted too
+    parts = RowParts(big)
+    put, shared = parts.refs(1), parts.refs(1)
+    assert isinstance(put[0], ray.ObjectRef) and put[0] == shared[0]
+
+    @ray.remote(num_cpus=0)
+    def read(part):
+        return from_wire(part)["input_ids"].sum().item()
+
+    assert ray.get([read.remote(put[0]), read.remote(halves[0])]) == [int(big["input_ids"].sum()), sum(small["input_ids"][0].tolist())]

@@ -231,4 +231,6 @@ def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, 
         for phase in ("generate", "experience", "train", "sync"):
             assert 0 < r[f"compute_{phase}"] <= r[f"busy_{phase}"] + 1e-9, (phase, r)
         assert r["busy_experience"] > r["compute_experience"]
+        # the driver's own math (collate, GAE) is timed apart from the calls, within the phase's wall time
+        assert 0 < r["driver_experience"] < r["time_experience"]
     assert is_complete(final)

@@ -251,8 +251,8 @@ class PpoConfig(PromptColumns):
     log_every: int = Field(default=1, ge=1)
     profile_phases: bool = Field(
         default=False, description="after each phase, read every role actor's own compute time (one extra call "
-        "per actor): metrics compute_<phase> (the slowest actor's; the rest of the phase is orchestration) and "
-        "busy_<phase> (every actor's, summed)")
+        "per actor): metrics compute_<phase> (the slowest actor's), busy_<phase> (every actor's, summed) and "
+        "driver_experience (the driver's own math: collate, GAE); the rest of a phase is orchestration")
     prompts: DataSpec | None = Field(default=None, description="prompt rows in any layout batray reads; null: data.prompts")
     prompt_format: Literal["chat", "raw"] = Field(default="chat", description="chat: BatGPT's template, one user turn")
     max_prompt_tokens: int = Field(default=256, ge=2, description="longer prompts are skipped (counted)")

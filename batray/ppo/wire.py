@@ -58,3 +58,16 @@ def from_wire(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(from_wire(v) for v in obj)
     return obj
+
+
+def wire_nbytes(obj) -> int:
+    """The bytes of the arrays inside a wire-form structure (what Ray copies out of band)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, RawTensor):
+        return obj.data.nbytes
+    if isinstance(obj, dict):
+        return sum(wire_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(wire_nbytes(v) for v in obj)
+    return 0
