@@ -193,5 +193,6 @@ def main() -> None:
           f"beyond the cores bound: {(total_r - total_bound) / total_r:.1%}; "
           f"with the driver's math counted as orchestration: {(total_r - total_c) / total_r:.1%}")
 
+
 if __name__ == "__main__":
     main()

@@ -311,7 +311,7 @@ class RowParts:
     INLINE_BYTES = 64 << 10  # below Ray's limit for arguments sent with the task (100 KB by default)
 
     def __init__(self, batch: dict):
-        self.batch, self.n, self._refs = batch, batch["input_ids"].shape[0], {}
+        self.batch, self.n, self._parts = batch, batch["input_ids"].shape[0], {}
 
     def refs(self, num_parts: int) -> list:
         import ray
@@ -322,10 +322,10 @@ class RowParts:
                 out.append(None)
                 continue
             key = (rows.start, rows.stop)
-            if key not in self._refs:
+            if key not in self._parts:
                 part = to_wire(select(self.batch, rows))
-                self._refs[key] = part if wire_nbytes(part) <= self.INLINE_BYTES else ray.put(part)
-            out.append(self._refs[key])
+                self._parts[key] = part if wire_nbytes(part) <= self.INLINE_BYTES else ray.put(part)
+            out.append(self._parts[key])
         return out
 
 
