@@ -69,6 +69,12 @@ class PolicyActor(DistributedWorker):
         ptx_batches = [to_device(b, self.device) for b in from_wire(ptx_batches)] if ptx_batches else None
         return train.policy_update(self.trainer, experience, ptx_batches, self.cfg, seed)
 
+    @busy
+    def train_then_buckets(self, experience: dict, ptx_batches: list[dict] | None, seed: int) -> tuple[dict, list]:
+        """`train`, then `weight_buckets` in the same call: with the object store the updated weights leave
+        with the update's statistics, and the next generate call carries them to the engines (no sync round)."""
+        return self.train(experience, ptx_batches, seed), self.weight_buckets()
+
     # -- weight sync (batray.ppo.weight_sync): every rank calls these at once; rank 0 sends ----------
     def sync_layout(self) -> list:
         return self.trainer.layout(self._bucket_bytes())

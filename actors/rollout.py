@@ -56,9 +56,13 @@ class RolloutActor(BusyClock):
     weights_version = None  # the policy version last loaded (None: the checkpoint's own weights)
 
     @busy
-    def generate_versioned(self, prompts: list[list[int]], params: SamplingParams) -> tuple[int | None, list[Completion]]:
-        """`generate`, and the weights version it ran with (a restarted engine reports None). With
-        `sleep_between_phases` the engine then sleeps until the next weight load (PPO's trainers run)."""
+    def generate_versioned(self, prompts: list[list[int]], params: SamplingParams, version: int | None = None,
+                           bucket_refs: list | None = None) -> tuple[int | None, list[Completion]]:
+        """`generate`, and the weights version it ran with (a restarted engine reports None); given
+        `bucket_refs` (the object store's sync riding with the call), their weights are loaded first as
+        `version`. With `sleep_between_phases` the engine then sleeps until the next weight load."""
+        if bucket_refs is not None:
+            self.load_buckets(bucket_refs, version)
         completions = self.engine.generate(prompts, params)
         if self.sleep_between_phases:
             self.engine.sleep()

@@ -179,10 +179,13 @@ def busy(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def timed(self, *args, **kwargs):
-        start = time.perf_counter()
+        if getattr(self, "_busy_inside", False):  # called by another @busy method: its clock already runs
+            return method(self, *args, **kwargs)
+        self._busy_inside, start = True, time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         finally:
+            self._busy_inside = False
             self._busy_s = getattr(self, "_busy_s", 0.0) + time.perf_counter() - start
 
     return timed

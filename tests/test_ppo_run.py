@@ -145,9 +145,9 @@ class Interrupted(Exception):
 
 def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_checkpoint, ppo_data, tmp_path):
     """The policy runs as two ranks that shard it with DeepSpeed ZeRO-3, so the resume reads each rank's
-    partition of the parameters and optimizer state back. Run A syncs the engine's weights through the
-    object store, runs B and C through a gloo broadcast group (re-formed when the engine restarts):
-    the two transports deliver the same weights, so every metric matches."""
+    partition of the parameters and optimizer state back. Runs A and C sync the engine's weights through the
+    object store (riding with the train and generate calls), run B through a gloo broadcast group (re-formed
+    when the engine restarts): the two transports deliver the same weights, so every metric matches."""
     import ray
 
     zero3 = ("ppo.steps=4", "ppo.ckpt_every=2", "ppo.deepspeed.zero_stage=3", "ppo.policy.num_actors=2",
@@ -191,10 +191,18 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert not is_complete(tmp_path / "b" / "final")
 
-    # C: rerun B's folder: resumes from step 2 and must end exactly where A ended
-    final_c = _run(cfg, tmp_path / "b", tiny_checkpoint, ppo_data)
+    # C: rerun B's folder, its weights through the object store again: resumes from step 2 and must end
+    # exactly where A ended, though the engine is killed after step 3, while step 3's weights wait to ride
+    # with step 4's generate calls (the redone calls carry them to the restarted engine)
+    def kill_engine(*, step, roles):
+        if step == 3:
+            ray.kill(roles["rollout"].actors[0], no_restart=False)
+
+    final_c = _run(_cfg(*zero3, "ppo.sync_transport=object_store"), tmp_path / "b", tiny_checkpoint, ppo_data,
+                   on_step=kill_engine)
     rows_c = read_metrics(tmp_path / "b")
     assert [r["step"] for r in rows_c] == [1, 2, 3, 4]
+    assert rows_c[3]["actor_recoveries"] >= 1
     assert [_comparable(r) for r in rows_c] == [_comparable(r) for r in rows_a]
     weights_a = load_file(str(Path(final_a) / "model.safetensors"))
     weights_c = load_file(str(Path(final_c) / "model.safetensors"))
@@ -228,8 +236,10 @@ def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, 
     # the phase profile: the critical compute is one actor's (or one per role, in sync), the total is all of
     # them; the experience forwards run on five actors (two policy ranks, reference, critic, reward)
     for r in rows:
-        for phase in ("generate", "experience", "train", "sync"):
+        for phase in ("generate", "experience", "train"):
             assert 0 < r[f"compute_{phase}"] <= r[f"busy_{phase}"] + 1e-9, (phase, r)
+        # the object store's sync rides with the train and generate calls: no sync round of its own
+        assert r["time_sync"] == r["compute_sync"] == 0.0
         assert r["busy_experience"] > r["compute_experience"]
         # the driver's own math (collate, GAE) is timed apart from the calls, within the phase's wall time
         assert 0 < r["driver_experience"] < r["time_experience"]

@@ -69,6 +69,7 @@ class Driver:
         self.pad_id = pad_id
         self.reward_mean, self.reward_std = reward_stats
         self.synced_tag: int | None = None
+        self.pending_weights: tuple[int, list] | None = None  # (version, bucket refs) for the next generate call
         self.recoveries = 0
         cuda = torch.cuda.is_available()
         transport = choose_transport(self.ppo.sync_transport, colocate=self.ppo.colocate, cuda=cuda)
@@ -124,7 +125,8 @@ class Driver:
                     time.sleep(0.2)  # polling Ray's restart; no test synchronizes on this
         if role == "rollout":
             self.weight_sync.reconnect()  # the restarted engine is not in the old broadcast group
-            self.sync_weights(self.synced_tag if self.synced_tag is not None else 0)
+            if self.pending_weights is None:  # else the redone generate calls carry the weights
+                self.sync_weights(self.synced_tag if self.synced_tag is not None else 0)
 
     # -- the phases ----------------------------------------------------------------------------
     def generate(self, batch_prompts: list[tuple[int, list[int]]], step: int) -> list[Sample]:
@@ -133,6 +135,8 @@ class Driver:
         engines = self.roles["rollout"].actors
         s = self.ppo.sampling
         parts = split_rows(len(batch_prompts), len(engines))
+        weights = self.pending_weights or ()  # the last update's weights ride with these calls (object store)
+        expected = weights[0] if weights else self.synced_tag
         attempt = 0
         while True:
             try:
@@ -140,15 +144,18 @@ class Driver:
                 for k, (engine, rows) in enumerate(zip(engines, parts)):
                     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                             seed=rollout_seed(self.ppo.seed, step, k))
-                    refs.append(engine.generate_versioned.remote([ids for _, ids in batch_prompts[rows]], params))
+                    refs.append(engine.generate_versioned.remote([ids for _, ids in batch_prompts[rows]], params,
+                                                                 *weights))
                 versioned = ray.get(refs, timeout=self.ppo.actor_timeout_s)
-                if any(version != self.synced_tag for version, _ in versioned):  # restarted after the last sync
+                if any(version != expected for version, _ in versioned):  # restarted after the last sync
                     raise StaleEngine("a rollout engine answered with stale weights (restarted after the last sync)")
                 results = [completions for _, completions in versioned]
                 break
             except (ray.exceptions.RayActorError, StaleEngine) as e:
                 self._recover("rollout", e, attempt)
                 attempt += 1
+        if weights:
+            self.synced_tag, self.pending_weights = expected, None
         samples = []
         for rows, completions in zip(parts, results):
             for (index, _), c in zip(batch_prompts[rows], completions):
@@ -210,16 +217,22 @@ class Driver:
                 for _ in range(len(self.roles["policy"]))]
 
     def train(self, experience: dict, step: int, ptx: list | None) -> tuple[dict, dict]:
+        """The policy and critic updates; with the object store's sync the policy's calls also return the
+        updated weights' bucket references (rank 0's), kept for the next generate call as version `step`."""
         import ray
 
         policy, critic = self.roles["policy"], self.roles["critic"]
         seed = rollout_seed(self.ppo.seed, step, 0xC0FFEE)
         parts = RowParts(experience)  # the config makes both roles' rank counts divide the batch: equal shards
-        p_refs = [a.train.remote(ref, ptx[r] if ptx else None, seed)
+        method = "train_then_buckets" if self.weight_sync.rides_with_calls else "train"
+        p_refs = [getattr(a, method).remote(ref, ptx[r] if ptx else None, seed)
                   for r, (a, ref) in enumerate(zip(policy.actors, parts.refs(len(policy))))]
         c_refs = [a.train.remote(ref, seed) for a, ref in zip(critic.actors, parts.refs(len(critic)))]
         p_stats = ray.get(p_refs, timeout=self.ppo.actor_timeout_s)
         c_stats = ray.get(c_refs, timeout=self.ppo.actor_timeout_s)
+        if self.weight_sync.rides_with_calls:
+            self.pending_weights = (step, p_stats[0][1])
+            p_stats = [stats for stats, _ in p_stats]
         return _mean_rows(p_stats), _mean_rows(c_stats)
 
     # -- one step ------------------------------------------------------------------------------
@@ -257,10 +270,14 @@ class Driver:
         times["train"] = time.perf_counter() - t
         compute["train"] = self.compute_time("policy", "critic")
 
-        t = time.perf_counter()
-        self.sync_weights(step)
-        times["sync"] = time.perf_counter() - t
-        compute["sync"] = self.compute_time("policy", "rollout", sequential=True)
+        if self.weight_sync.rides_with_calls:  # the weights left with the train calls; generate loads them
+            times["sync"] = 0.0
+            compute["sync"] = (0.0, 0.0) if self.ppo.profile_phases else None
+        else:
+            t = time.perf_counter()
+            self.sync_weights(step)
+            times["sync"] = time.perf_counter() - t
+            compute["sync"] = self.compute_time("policy", "rollout", sequential=True)
 
         self.kl_ctl.update(stats["kl"], len(samples))
         gen_tokens = float(batch["response_mask"].sum())

@@ -165,6 +165,14 @@ class WeightSync:
         self.backend, self.timeout_s = backend, timeout_s
         self.connected = False
 
+    @property
+    def rides_with_calls(self) -> bool:
+        """The object store's sync needs no round of its own: the policy's train call returns its bucket
+        references (`PolicyActor.train_then_buckets`) and the next generate call carries them to the engines
+        (`RolloutActor.generate_versioned`), so a step makes two Ray calls fewer. `push` is still the sync
+        at the start and after an engine restart. The other transports move the weights in calls of their own."""
+        return self.transport == "object_store"
+
     def reconnect(self) -> None:
         """Before the first push and after an engine restart: check CUDA IPC's placement, or form the
         broadcast group of policy rank 0 and every engine (the object store needs nothing)."""
