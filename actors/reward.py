@@ -1,4 +1,5 @@
-"""The reward actor: r_theta(x, y) for PPO from a reward model, or from a rule (`ppo.reward.kind`).
+"""The reward actor: r_theta(x, y) for PPO from a reward model (`ppo.reward.kind: model`; a rule is scored
+in the driver, `batray.ppo.reward.RuleReward`).
 
 Stateless between calls (the model is loaded at start), so Ray can restart it and the step's
 scoring is simply asked again.
@@ -7,30 +8,23 @@ scoring is simply asked again.
 from __future__ import annotations
 
 from batray.groups import BusyClock, busy
-from batray.models.chat import stop_token_ids
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import reward, train
 
 
 class RewardActor(BusyClock):
-    def __init__(self, kind: str, model_path: str, *, target_text: str | None = None, micro_batch_size: int = 16):
+    def __init__(self, model_path: str, *, micro_batch_size: int = 16):
+        from batray.reward.model import build_reward_model, read_reward_stats
+
+        from batray.ppo.batch import default_device
+
         train.quiet_model_loading()
-        self.kind = kind
         self.micro_batch_size = micro_batch_size
         self.tokenizer = load_tokenizer(model_path)
-        if kind == "model":
-            from batray.reward.model import build_reward_model, read_reward_stats
-
-            from batray.ppo.batch import default_device
-
-            self.model, _ = build_reward_model(model_path, self.tokenizer, seed=None)
-            self.model.to(default_device())
-            self.model.eval().requires_grad_(False)
-            self.mean, self.std = reward.reward_stats(read_reward_stats(model_path))
-        else:  # rule: token_fraction
-            self.targets = reward.target_token_ids(self.tokenizer, target_text or "")
-            self.ignore = set(stop_token_ids(self.tokenizer))
-            self.mean, self.std = 0.0, 1.0
+        self.model, _ = build_reward_model(model_path, self.tokenizer, seed=None)
+        self.model.to(default_device())
+        self.model.eval().requires_grad_(False)
+        self.mean, self.std = reward.reward_stats(read_reward_stats(model_path))
 
     def ready(self) -> bool:
         return True
@@ -42,7 +36,5 @@ class RewardActor(BusyClock):
     @busy
     def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
         """Raw (unnormalized) scores of each prompt + response."""
-        if self.kind == "model":
-            seqs = [p + r for p, r in zip(prompts, responses)]
-            return reward.score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.micro_batch_size).tolist()
-        return [reward.token_fraction_reward(r, self.targets, self.ignore) for r in responses]
+        seqs = [p + r for p, r in zip(prompts, responses)]
+        return reward.score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.micro_batch_size).tolist()

@@ -4,7 +4,8 @@ Two runs of the same PPO steps side by side in one process tree, same model, dat
 
 - baseline: every role's model in THIS process, the library functions called directly (no Ray,
   no actors, no object store, no weight sync through Ray: the engine's weights are copied in place);
-- batray:   `batray.ppo.driver.run_ppo` on local Ray, every role an actor (colocated, fractional CPUs).
+- batray:   `batray.ppo.driver.run_ppo` on local Ray, every role an actor (colocated, fractional CPUs),
+            but the rule reward, which batray scores in the driver as the baseline does in-process.
 
 The orchestration share is measured inside the batray run (`ppo.profile_phases`): every role actor
 counts the time spent in its own compute methods; per phase, compute is the slowest participating

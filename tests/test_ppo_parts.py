@@ -161,9 +161,21 @@ def test_checkpoint_commit_latest_and_prune(tmp_path):
     assert state.latest_checkpoint(root).name == "step_000006"
 
 
-def test_rule_reward():
+def test_rule_reward(tiny_tokenizer):
     assert token_fraction_reward([1, 2, 3, 9], {1, 2}, ignore={9}) == pytest.approx(2 / 3)
     assert token_fraction_reward([9], {1}, ignore={9}) == 0.0
+    # the driver's scorer: the target text's tokens count, stop tokens are left out, an empty target is refused
+    from batray.models.chat import stop_token_ids
+    from batray.errors import BatrayError
+    from batray.ppo.reward import RuleReward
+
+    rule = RuleReward(tiny_tokenizer, "hello world")
+    target = tiny_tokenizer.encode("hello world", add_special_tokens=False)
+    other = next(t for t in range(len(tiny_tokenizer)) if t not in rule.targets and t not in rule.ignore)
+    stop = stop_token_ids(tiny_tokenizer)[0]
+    assert rule.score([target, [other, *target[:1], stop], []]) == [1.0, 0.5, 0.0]
+    with pytest.raises(BatrayError, match="target_text: encodes to no tokens"):
+        RuleReward(tiny_tokenizer, "")
 
 
 def test_trainer_logprobs_match_the_rollout_engine(tiny_checkpoint):

@@ -58,8 +58,18 @@ def _cfg(*overrides: str):
     return load_config(None, [*BASE, *overrides])
 
 
-def _run(cfg, out, checkpoint, data, on_step=None) -> str:
-    """PPO with a rule reward; `on_step(step, roles)` after every step (through `batray.hooks`)."""
+@pytest.fixture(scope="module")
+def tiny_reward(tmp_path_factory, tiny_checkpoint):
+    """A reward model on the tiny checkpoint's backbone (a fresh score head): the reward actor's model."""
+    from batray.reward.model import build_reward_model, save_reward_model
+
+    model, tok = build_reward_model(tiny_checkpoint, seed=0)
+    return str(save_reward_model(model, tok, tmp_path_factory.mktemp("reward") / "rm", {"mean": 0.0, "std": 1.0}))
+
+
+def _run(cfg, out, checkpoint, data, on_step=None, reward_model=None) -> str:
+    """PPO with a rule reward (scored in the driver), or `reward_model` on a reward actor; `on_step(step,
+    roles)` after every step (through `batray.hooks`)."""
     import contextlib
 
     from actors import kit
@@ -67,7 +77,7 @@ def _run(cfg, out, checkpoint, data, on_step=None) -> str:
 
     hook = hooks.on(hooks.PPO_STEP_DONE, on_step) if on_step else contextlib.nullcontext()
     with hook:
-        return run_ppo(cfg, str(out), policy_init=checkpoint, reward_model=None, prompts=str(data / "prompts.jsonl"),
+        return run_ppo(cfg, str(out), policy_init=checkpoint, reward_model=reward_model, prompts=str(data / "prompts.jsonl"),
                        ptx_data=str(data / "corpus.jsonl"), kit=kit())
 
 
@@ -143,7 +153,7 @@ class Interrupted(Exception):
     """Stands in for the driver being killed: nothing after the last checkpoint survives."""
 
 
-def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_checkpoint, ppo_data, tmp_path):
+def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_checkpoint, tiny_reward, ppo_data, tmp_path):
     """The policy runs as two ranks that shard it with DeepSpeed ZeRO-3, so the resume reads each rank's
     partition of the parameters and optimizer state back. Runs A and C sync the engine's weights through the
     object store (riding with the train and generate calls), run B through a gloo broadcast group (re-formed
@@ -151,10 +161,11 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
     import ray
 
     zero3 = ("ppo.steps=4", "ppo.ckpt_every=2", "ppo.deepspeed.zero_stage=3", "ppo.policy.num_actors=2",
-             "ppo.policy.num_cpus=1", "ppo.critic.num_cpus=1")
+             "ppo.policy.num_cpus=1", "ppo.critic.num_cpus=1", "ppo.reward.kind=model")
     cfg = _cfg(*zero3, "ppo.sync_transport=collective")
     # A: the uninterrupted reference run
-    final_a = _run(_cfg(*zero3, "ppo.sync_transport=object_store"), tmp_path / "a", tiny_checkpoint, ppo_data)
+    final_a = _run(_cfg(*zero3, "ppo.sync_transport=object_store"), tmp_path / "a", tiny_checkpoint, ppo_data,
+                   reward_model=tiny_reward)
     rows_a = read_metrics(tmp_path / "a")
 
     # B: kill the rollout engine and the reward actor after step 1, "kill" the driver after step 3
@@ -175,7 +186,7 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        _run(cfg, tmp_path / "b", tiny_checkpoint, ppo_data, on_step=chaos)
+        _run(cfg, tmp_path / "b", tiny_checkpoint, ppo_data, on_step=chaos, reward_model=tiny_reward)
     rows_b = read_metrics(tmp_path / "b")
     assert pids["before"][0] != pids["after"][0] and pids["before"][1] != pids["after"][1]  # both restarted
     assert rows_b[1]["actor_recoveries"] >= 1  # the driver noticed, re-synced and redid the generation
@@ -199,7 +210,7 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
             ray.kill(roles["rollout"].actors[0], no_restart=False)
 
     final_c = _run(_cfg(*zero3, "ppo.sync_transport=object_store"), tmp_path / "b", tiny_checkpoint, ppo_data,
-                   on_step=kill_engine)
+                   on_step=kill_engine, reward_model=tiny_reward)
     rows_c = read_metrics(tmp_path / "b")
     assert [r["step"] for r in rows_c] == [1, 2, 3, 4]
     assert rows_c[3]["actor_recoveries"] >= 1
@@ -209,7 +220,7 @@ def test_kill_actors_then_interrupt_then_resume_is_exact(ray_session, tiny_check
     assert weights_a.keys() == weights_c.keys()
     assert all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
     # a finished run is skipped on a rerun
-    assert _run(cfg, tmp_path / "b", tiny_checkpoint, ppo_data) == final_c
+    assert _run(cfg, tmp_path / "b", tiny_checkpoint, ppo_data, reward_model=tiny_reward) == final_c
 
 
 def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, tmp_path):
@@ -234,7 +245,8 @@ def test_roles_on_two_nodes_under_zero3(ray_cluster, tiny_checkpoint, ppo_data, 
     assert [r["step"] for r in rows] == [1, 2] and all(r["samples"] == 8 for r in rows)
     assert max(r["rollout_logprob_diff_max"] for r in rows) < 1e-3
     # the phase profile: the critical compute is one actor's (or one per role, in sync), the total is all of
-    # them; the experience forwards run on five actors (two policy ranks, reference, critic, reward)
+    # them; the experience forwards run on four actors (two policy ranks, reference, critic; the rule reward is
+    # scored in the driver)
     for r in rows:
         for phase in ("generate", "experience", "train"):
             assert 0 < r[f"compute_{phase}"] <= r[f"busy_{phase}"] + 1e-9, (phase, r)

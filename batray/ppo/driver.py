@@ -42,6 +42,7 @@ from batray.ppo import state
 from batray.ppo.batch import Sample, collate, select, split_rows
 from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
+from batray.ppo.reward import RuleReward
 from batray.ppo.roles import PpoRoles
 from batray.ppo.train import num_update_steps
 from batray.ppo.weight_sync import WeightSync, choose_transport
@@ -63,11 +64,12 @@ class Driver:
     """The PPO control loop's state and the calls it makes to the roles."""
 
     def __init__(self, cfg: RecipeConfig, roles: PpoRoles, prompts: PromptStream, ptx: PtxStream | None,
-                 kl_ctl, pad_id: int, reward_stats: tuple[float, float]):
+                 kl_ctl, pad_id: int, reward_stats: tuple[float, float], rule: RuleReward | None = None):
         self.cfg, self.ppo = cfg, cfg.ppo
         self.roles, self.prompts, self.ptx, self.kl_ctl = roles, prompts, ptx, kl_ctl
         self.pad_id = pad_id
         self.reward_mean, self.reward_std = reward_stats
+        self.rule = rule  # a rule reward is scored here; a reward model on the reward actors
         self.synced_tag: int | None = None
         self.pending_weights: tuple[int, list] | None = None  # (version, bucket refs) for the next generate call
         self.recoveries = 0
@@ -163,7 +165,9 @@ class Driver:
         return samples
 
     def launch_score(self, samples: list[Sample]) -> list:
-        """The reward actors' calls for `samples`, in flight (`score` collects them)."""
+        """The reward actors' calls for `samples`, in flight (`score` collects them); none for a rule."""
+        if self.rule is not None:
+            return []
         actors = self.roles["reward"].actors
         parts = split_rows(len(samples), len(actors))
         return [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
@@ -174,6 +178,8 @@ class Driver:
         the batch scored again."""
         import ray
 
+        if self.rule is not None:  # called after the forwards are launched: it runs while the actors compute
+            return torch.tensor(self.rule.score([s.response_ids for s in samples]), dtype=torch.float32)
         attempt = 0
         while True:
             try:
@@ -398,6 +404,7 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
     if critic_init == given_policy:
         critic_init = policy_init
     tokenizer = load_tokenizer(policy_init)
+    rule = RuleReward(tokenizer, ppo.reward.target_text or "") if ppo.reward.kind == "rule" else None
     prompt_stream = PromptStream.from_file(prompts, tokenizer, seed=ppo.seed, max_prompt_tokens=ppo.max_prompt_tokens,
                                            fmt=ppo.prompt_format, keys=Keys.of("ppo", ppo),
                                            rejected_out=str(out / "rejected_prompts.jsonl"))
@@ -439,8 +446,9 @@ def run_ppo(cfg: RecipeConfig, out_dir: str, *, policy_init: str, reward_model: 
                 raise BatrayError(f"ppo: the {role} trainers failed to start: {remote_error_line(e)}") from None
             if resume is not None:
                 roles[role].call("load_checkpoint", str(resume / role), timeout_s=ppo.actor_timeout_s)
-        reward_stats = ray.get(roles["reward"].actors[0].stats.remote(), timeout=ppo.actor_timeout_s)
-        driver = Driver(cfg, roles, prompt_stream, ptx_stream, kl_ctl, tokenizer.pad_token_id, reward_stats)
+        reward_stats = (rule.mean, rule.std) if rule is not None else \
+            ray.get(roles["reward"].actors[0].stats.remote(), timeout=ppo.actor_timeout_s)
+        driver = Driver(cfg, roles, prompt_stream, ptx_stream, kl_ctl, tokenizer.pad_token_id, reward_stats, rule)
         driver.sync_weights(start)
         metrics = MetricsLogger(out, resume_step=start + 1 if resume is not None else None,
                                 tensorboard="tensorboard" in cfg.logging.report_to)

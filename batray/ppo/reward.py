@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from batray.errors import BatrayError
+from batray.models.chat import stop_token_ids
 
 
 @torch.no_grad()
@@ -44,6 +45,21 @@ def target_token_ids(tokenizer, target_text: str) -> set[int]:
     if not ids:
         raise BatrayError("ppo.reward.target_text: encodes to no tokens; give a non-empty text")
     return ids
+
+
+class RuleReward:
+    """`ppo.reward.kind: rule` (token_fraction), scored in the PPO driver: a few set lookups per token, which
+    a reward actor would only wrap in a Ray call every step (a reward model runs on reward actors). Scores
+    are already on the scale PPO uses: mean 0, std 1."""
+
+    mean, std = 0.0, 1.0
+
+    def __init__(self, tokenizer, target_text: str):
+        self.targets = target_token_ids(tokenizer, target_text)
+        self.ignore = set(stop_token_ids(tokenizer))
+
+    def score(self, responses: list[list[int]]) -> list[float]:
+        return [token_fraction_reward(r, self.targets, self.ignore) for r in responses]
 
 
 def reward_stats(stats: dict) -> tuple[float, float]:

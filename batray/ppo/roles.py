@@ -13,6 +13,13 @@ from batray.stages.kit import ActorKit
 ROLES = ("policy", "critic", "reference", "reward", "rollout")
 
 
+def started_roles(ppo: PpoConfig) -> list[str]:
+    """The roles that get actors: with LoRA the policy's base (adapters disabled) is the reference, and a
+    rule reward is scored in the driver (`batray.ppo.reward.RuleReward`)."""
+    return [r for r in ROLES if not (r == "reference" and ppo.lora is not None)
+            and not (r == "reward" and ppo.reward.kind == "rule")]
+
+
 class PpoRoles:
     """The five actor groups of a PPO run, on one shared or five separate placement groups."""
 
@@ -25,15 +32,12 @@ class PpoRoles:
             "policy": (kit.need("policy"), (policy_path, ppo, seed), {}),
             "critic": (kit.need("critic"), (critic_path, ppo, seed), {}),
             "reference": (kit.need("reference"), (reference_path, ppo.micro_batch_size), {}),
-            "reward": (kit.need("reward"), (ppo.reward.kind, reward_path),
-                       {"target_text": ppo.reward.target_text, "micro_batch_size": ppo.micro_batch_size}),
+            "reward": (kit.need("reward"), (reward_path,), {"micro_batch_size": ppo.micro_batch_size}),
             "rollout": (kit.need("rollout"), (rollout_path,), rollout_kwargs(ppo)),
         }
         try:
             placement = self._colocated(make_placement_group) if ppo.colocate else self._separate(make_placement_group)
-            for role in ROLES:
-                if role == "reference" and ppo.lora is not None:
-                    continue  # the policy's base with adapters disabled is the reference (no second copy)
+            for role in started_roles(ppo):
                 cls, args, kwargs = specs[role]
                 cfg: RoleConfig = getattr(ppo, role)
                 pg, bundles, cpus, gpus = placement[role]
@@ -52,19 +56,19 @@ class PpoRoles:
     def _colocated(self, make_pg) -> dict:
         """One group of max(num_actors) bundles sized by the largest role; the five roles on a bundle
         split it evenly (fractional CPUs/GPUs; on GPU vLLM sleeps while the trainers run)."""
-        roles = {r: getattr(self.ppo, r) for r in ROLES}
+        roles = {r: getattr(self.ppo, r) for r in started_roles(self.ppo)}
         n = max(c.num_actors for c in roles.values())
         cpu = max(c.num_cpus for c in roles.values())
         gpu = max(c.num_gpus for c in roles.values())
         bundle = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
         pg = make_pg([dict(bundle) for _ in range(n)], strategy="PACK", name="ppo-colocated")
         self.pgs.append(pg)
-        share = 1.0 / len(ROLES)
+        share = 1.0 / len(roles)
         return {r: (pg, list(range(c.num_actors)), cpu * share, gpu * share) for r, c in roles.items()}
 
     def _separate(self, make_pg) -> dict:
         out = {}
-        for r in ROLES:
+        for r in started_roles(self.ppo):
             c = getattr(self.ppo, r)
             bundle = {"CPU": c.num_cpus, **({"GPU": c.num_gpus} if c.num_gpus else {})}
             pg = make_pg([dict(bundle) for _ in range(c.num_actors)], strategy=c.strategy, name=f"ppo-{r}")
