@@ -21,7 +21,7 @@ def started_roles(ppo: PpoConfig) -> list[str]:
 
 
 class PpoRoles:
-    """The five actor groups of a PPO run, on one shared or five separate placement groups."""
+    """The actor groups of a PPO run (`started_roles`), on one shared or one placement group per role."""
 
     def __init__(self, ppo: PpoConfig, kit: ActorKit, *, policy_path: str, critic_path: str, reference_path: str,
                  reward_path: str, rollout_path: str, seed: int):
@@ -54,7 +54,7 @@ class PpoRoles:
             raise
 
     def _colocated(self, make_pg) -> dict:
-        """One group of max(num_actors) bundles sized by the largest role; the five roles on a bundle
+        """One group of max(num_actors) bundles sized by the largest role; the started roles on a bundle
         split it evenly (fractional CPUs/GPUs; on GPU vLLM sleeps while the trainers run)."""
         roles = {r: getattr(self.ppo, r) for r in started_roles(self.ppo)}
         n = max(c.num_actors for c in roles.values())
