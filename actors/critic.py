@@ -8,7 +8,7 @@ from batray.groups import DistributedWorker, busy
 from batray.config.rl import PpoConfig
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
-from batray.ppo.batch import default_device, to_device
+from batray.ppo.batch import default_device, forward_batch, to_device
 from batray.ppo.trainer import DeepSpeedTrainer
 from batray.ppo.wire import from_wire, to_wire
 from batray.reward.model import build_reward_model
@@ -42,10 +42,11 @@ class CriticActor(DistributedWorker):
 
     # Batches and values cross Ray as numpy arrays (`batray.ppo.wire`: no torch.save per tensor).
     @busy
-    def values(self, batch: dict):
+    def values(self, batch, *answers):
+        """Values of a batch split (wire form), or of `RolloutRows` of the engines' `answers`."""
         self.trainer.wake()  # ppo.offload_between_phases
         self.trainer.eval()
-        batch = to_device(from_wire(batch), self.device)
+        batch = to_device(forward_batch(batch, answers), self.device)
         return to_wire(train.batch_values(self.trainer, batch, self.cfg.micro_batch_size))
 
     @busy

@@ -17,7 +17,7 @@ from batray.models.loading import load_model_and_tokenizer
 from batray.models.lora import adapters_disabled, apply_lora, full_copy, is_lora, save_lora_final
 from batray.models.tokenizer import load_tokenizer
 from batray.ppo import train
-from batray.ppo.batch import default_device, to_device
+from batray.ppo.batch import default_device, forward_batch, to_device
 from batray.ppo.trainer import DeepSpeedTrainer
 from batray.ppo.weight_sync import broadcast, open_broadcast_group, share_cuda
 from batray.ppo.wire import from_wire, to_wire
@@ -47,18 +47,19 @@ class PolicyActor(DistributedWorker):
 
     # Batches and log-probabilities cross Ray as numpy arrays (`batray.ppo.wire`: no torch.save per tensor).
     @busy
-    def logprobs(self, batch: dict):
+    def logprobs(self, batch, *answers):
+        """Old log-probs of a batch split (wire form), or of `RolloutRows` of the engines' `answers`."""
         self.trainer.wake()  # the step's first use of the weights (ppo.offload_between_phases)
         self.trainer.eval()
-        batch = to_device(from_wire(batch), self.device)
+        batch = to_device(forward_batch(batch, answers), self.device)
         return to_wire(train.response_logprobs(self.trainer, batch, self.cfg.micro_batch_size))
 
     @busy
-    def reference_logprobs(self, batch: dict):
+    def reference_logprobs(self, batch, *answers):
         """log pi_inst of Eq. 4 with LoRA: the policy's own base, adapters disabled (no second copy)."""
         self.trainer.wake()
         self.trainer.eval()
-        batch = to_device(from_wire(batch), self.device)
+        batch = to_device(forward_batch(batch, answers), self.device)
         with adapters_disabled(self.trainer.module):
             return to_wire(train.response_logprobs(self.trainer, batch, self.cfg.micro_batch_size))
 

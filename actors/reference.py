@@ -5,8 +5,8 @@ from __future__ import annotations
 from batray.groups import BusyClock, busy
 from batray.models.loading import load_model_and_tokenizer
 from batray.ppo import train
-from batray.ppo.batch import default_device, to_device
-from batray.ppo.wire import from_wire, to_wire
+from batray.ppo.batch import default_device, forward_batch, to_device
+from batray.ppo.wire import to_wire
 
 
 class ReferenceActor(BusyClock):
@@ -21,7 +21,8 @@ class ReferenceActor(BusyClock):
         return True
 
     @busy
-    def logprobs(self, batch: dict):
-        """The batch and the log-probabilities cross Ray as numpy arrays (`batray.ppo.wire`)."""
-        batch = to_device(from_wire(batch), self.device)
+    def logprobs(self, batch, *answers):
+        """Log-probs of a batch split, which crosses Ray as numpy arrays (`batray.ppo.wire`), or of
+        `RolloutRows` of the rollout engines' `answers`."""
+        batch = to_device(forward_batch(batch, answers), self.device)
         return to_wire(train.response_logprobs(self.model, batch, self.micro_batch_size))

@@ -38,3 +38,9 @@ class RewardActor(BusyClock):
         """Raw (unnormalized) scores of each prompt + response."""
         seqs = [p + r for p, r in zip(prompts, responses)]
         return reward.score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.micro_batch_size).tolist()
+
+    @busy
+    def score_rows(self, rows, *answers) -> list[float]:
+        """`score` of the `RolloutRows` `rows` of the rollout engines' `answers` (object refs Ray resolves)."""
+        samples = rows.samples(list(answers))
+        return self.score([s.prompt_ids for s in samples], [s.response_ids for s in samples])

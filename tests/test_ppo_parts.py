@@ -453,3 +453,40 @@ def test_row_parts_send_small_splits_inline_and_put_big_ones_once(ray_session):
         return from_wire(part)["input_ids"].sum().item()
 
     assert ray.get([read.remote(put[0]), read.remote(halves[0])]) == [int(big["input_ids"].sum()), sum(small["input_ids"][0].tolist())]
+
+
+def test_rollout_rows_rebuild_the_drivers_rows_from_the_engines_answers(ray_session):
+    """A chained experience call gets `RolloutRows` and the engines' answers as object refs: Ray resolves the
+    refs, and each split equals the driver's own collate of the whole batch, bit for bit (prompts and
+    responses of different lengths, so each split is padded to the whole batch's widths)."""
+    import ray
+
+    from batray.ppo.batch import RolloutRows, answer_samples, forward_batch, rollout_rows, select
+    from batray.rollout.engine import Completion
+
+    def completion(prompt, response):
+        return Completion(prompt, response, [-0.5 - 0.1 * i for i in range(len(response))], "", "length")
+
+    answers = [(3, [completion([5, 6, 7], [8]), completion([9], [10, 11, 12])]),  # engine 0: (version, completions)
+               (3, [completion([13, 14], []), completion([15, 16, 17, 18], [19, 20])]),
+               (3, [completion([21], [22, 23])])]
+    samples = answer_samples(answers, [40, 41, 42, 43, 44])
+    assert [s.prompt_index for s in samples] == [40, 41, 42, 43, 44]
+    whole = collate(samples, PAD)
+    parts = rollout_rows(len(samples), 3, PAD)
+    assert [(p.start, p.stop) for p in parts] == [(0, 2), (2, 4), (4, 5)]
+    assert rollout_rows(2, 3, PAD)[2] is None  # an actor with no rows is not called
+
+    @ray.remote(num_cpus=0)
+    def forward(rows, *engine_answers):  # as `PolicyActor.logprobs` reads its batch
+        return {k: v for k, v in forward_batch(rows, engine_answers).items() if k != "prompt_index"}
+
+    refs = [ray.put(a) for a in answers]
+    got = ray.get([forward.remote(p, *refs) for p in parts])
+    for p, batch in zip(parts, got):
+        want = select(whole, slice(p.start, p.stop))
+        assert set(batch) == set(want) - {"prompt_index"}
+        for k, v in batch.items():
+            assert v.dtype == want[k].dtype and torch.equal(v, want[k]), (p, k)
+    assert forward_batch(to_wire(whole), ())["input_ids"].equal(whole["input_ids"])  # a wire split still works
+    assert [s.response_ids for s in RolloutRows(1, 3, PAD).samples(answers)] == [[10, 11, 12], []]

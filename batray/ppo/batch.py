@@ -147,3 +147,46 @@ def to_device(batch: Batch, device: torch.device | str) -> Batch:
 def default_device() -> torch.device:
     """The device an actor computes on: its GPU when Ray gave it one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def answer_samples(answers: list, prompt_indices: list[int] | None = None) -> list[Sample]:
+    """The samples of the rollout engines' answers (`RolloutActor.generate_versioned`'s `(version,
+    completions)`, in engine order), one per prompt; `prompt_indices` fills `Sample.prompt_index`."""
+    completions = [c for _, part in answers for c in part]
+    indices = prompt_indices if prompt_indices is not None else [-1] * len(completions)
+    return [Sample(c.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, i) for c, i in zip(completions, indices)]
+
+
+@dataclass(frozen=True)
+class RolloutRows:
+    """Rows [start, stop) of the batch that the rollout engines' answers make, padded with `pad_id`.
+
+    An experience call (old and reference log-probs, values, a reward model's scores) is given this in
+    place of its batch split, and the engines' answers (their object refs) as its further arguments. Ray
+    hands the answers over as soon as the engines return, so the phase's actors start without a round
+    through the driver's Python, and the driver serializes no split between generation and the forwards
+    (`benchmarks/RESULTS.md`, PPO orchestration share). Every call pads the whole batch, so its rows equal
+    the driver's own `collate` of the same samples, bit for bit.
+    """
+
+    start: int
+    stop: int
+    pad_id: int
+
+    def samples(self, answers: list) -> list[Sample]:
+        return answer_samples(answers)[self.start : self.stop]
+
+    def batch(self, answers: list) -> Batch:
+        return select(collate(answer_samples(answers), self.pad_id), slice(self.start, self.stop))
+
+
+def rollout_rows(n: int, parts: int, pad_id: int) -> list[RolloutRows | None]:
+    """`split_rows` as `RolloutRows` (None for an empty range: that actor is not called)."""
+    return [RolloutRows(r.start, r.stop, pad_id) if r.stop > r.start else None for r in split_rows(n, parts)]
+
+
+def forward_batch(batch, answers: tuple) -> Batch:
+    """An experience call's batch: its split in wire form, or the `RolloutRows` of the engines' `answers`."""
+    from batray.ppo.wire import from_wire
+
+    return batch.batch(list(answers)) if isinstance(batch, RolloutRows) else from_wire(batch)

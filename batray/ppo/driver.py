@@ -3,8 +3,9 @@
 One PPO step, as the driver runs it (the math is in `batray.objectives.ppo` and `batray.ppo.*`):
 
     prompts  -> rollout engines generate (seeded by step)                        [generate]
-             -> reward actors score prompt + response                            [score]
-             -> policy old log-probs | reference log-probs | critic values        [experience]
+             -> reward scores | policy old log-probs | reference log-probs |      [experience]
+                critic values (chained on the engines' answers: Ray starts them
+                as the engines return; a rule reward is scored in the driver)
              -> shaped rewards, GAE, whitening (driver, whole batch)
              -> policy update (Eq. 4: PPO + lambda_ptx Eq. 1) | critic update     [train]
              -> policy weights -> rollout engines, bucketed, with a timeout       [sync]
@@ -39,7 +40,7 @@ from batray.models.loading import prepare_checkpoint
 from batray.models.tokenizer import load_tokenizer
 from batray.objectives.ppo import make_kl_controller
 from batray.ppo import state
-from batray.ppo.batch import Sample, collate, select, split_rows
+from batray.ppo.batch import Sample, answer_samples, collate, rollout_rows, select, split_rows
 from batray.ppo.data import PromptStream, PtxStream
 from batray.ppo.experience import make_experience
 from batray.ppo.reward import RuleReward
@@ -131,7 +132,13 @@ class Driver:
                 self.sync_weights(self.synced_tag if self.synced_tag is not None else 0)
 
     # -- the phases ----------------------------------------------------------------------------
-    def generate(self, batch_prompts: list[tuple[int, list[int]]], step: int) -> list[Sample]:
+    def generate(self, batch_prompts: list[tuple[int, list[int]]], step: int) -> tuple[list[Sample], list[list], list]:
+        """The step's samples, and the experience calls already in flight on them.
+
+        The forwards (and a reward model's scoring) are launched right after the generate calls, chained on
+        their answers (`RolloutRows`): Ray starts them as soon as the engines return. If an engine is lost
+        or answers with stale weights, the chained calls are dropped (pure forwards: nothing to undo) and
+        launched again with the redone generation."""
         import ray
 
         engines = self.roles["rollout"].actors
@@ -141,6 +148,7 @@ class Driver:
         expected = weights[0] if weights else self.synced_tag
         attempt = 0
         while True:
+            forward_refs, score_refs = [], []
             try:
                 refs = []
                 for k, (engine, rows) in enumerate(zip(engines, parts)):
@@ -148,34 +156,43 @@ class Driver:
                                             seed=rollout_seed(self.ppo.seed, step, k))
                     refs.append(engine.generate_versioned.remote([ids for _, ids in batch_prompts[rows]], params,
                                                                  *weights))
+                forward_refs = self.launch_experience_forward(refs, len(batch_prompts))
+                score_refs = self.launch_score(refs, len(batch_prompts))
                 versioned = ray.get(refs, timeout=self.ppo.actor_timeout_s)
                 if any(version != expected for version, _ in versioned):  # restarted after the last sync
                     raise StaleEngine("a rollout engine answered with stale weights (restarted after the last sync)")
-                results = [completions for _, completions in versioned]
                 break
             except (ray.exceptions.RayActorError, StaleEngine) as e:
+                self._settle([r for group in forward_refs for r in group] + score_refs)
                 self._recover("rollout", e, attempt)
                 attempt += 1
         if weights:
             self.synced_tag, self.pending_weights = expected, None
-        samples = []
-        for rows, completions in zip(parts, results):
-            for (index, _), c in zip(batch_prompts[rows], completions):
-                samples.append(Sample(c.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, index))
-        return samples
+        return answer_samples(versioned, [index for index, _ in batch_prompts]), forward_refs, score_refs
 
-    def launch_score(self, samples: list[Sample]) -> list:
-        """The reward actors' calls for `samples`, in flight (`score` collects them); none for a rule."""
+    def _settle(self, dropped: list) -> None:
+        """Wait out dropped chained calls: those on a lost engine's answers fail at once, those on stale
+        answers finish their (pure) forwards. Their outcomes are read so that Ray does not log each one's
+        error as unhandled; the step's own warning says what happened."""
+        import ray
+
+        for ref in dropped:
+            try:
+                ray.get(ref, timeout=self.ppo.actor_timeout_s)
+            except (ray.exceptions.RayError, StaleEngine):
+                pass
+
+    def launch_score(self, answers: list, n: int) -> list:
+        """The reward actors' calls on the engines' `answers` (n rows), in flight; none for a rule."""
         if self.rule is not None:
             return []
         actors = self.roles["reward"].actors
-        parts = split_rows(len(samples), len(actors))
-        return [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
-                for a, r in zip(actors, parts)]
+        return [a.score_rows.remote(rows, *answers)
+                for a, rows in zip(actors, rollout_rows(n, len(actors), self.pad_id)) if rows is not None]
 
-    def score(self, samples: list[Sample], refs: list | None = None) -> torch.Tensor:
-        """Scores of `samples`: the calls `refs` already in flight, or new ones; a lost actor is restarted and
-        the batch scored again."""
+    def score(self, samples: list[Sample], refs: list) -> torch.Tensor:
+        """Scores of `samples`: the calls `refs` already in flight; a lost reward actor is restarted and the
+        batch scored again."""
         import ray
 
         if self.rule is not None:  # called after the forwards are launched: it runs while the actors compute
@@ -183,21 +200,22 @@ class Driver:
         attempt = 0
         while True:
             try:
-                refs = refs or self.launch_score(samples)
                 scores = [x for part in ray.get(refs, timeout=self.ppo.actor_timeout_s) for x in part]
                 return torch.tensor(scores, dtype=torch.float32)
             except ray.exceptions.RayActorError as e:
                 self._recover("reward", e, attempt)
                 attempt += 1
-                refs = None
+                actors = self.roles["reward"].actors
+                refs = [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
+                        for a, r in zip(actors, split_rows(len(samples), len(actors))) if r.stop > r.start]
 
-    def launch_experience_forward(self, batch: dict) -> list[list]:
-        """Old log-probs (policy ranks), reference log-probs and values: the three groups of calls, in flight."""
-        parts = RowParts(batch)
+    def launch_experience_forward(self, answers: list, n: int) -> list[list]:
+        """Old log-probs (policy ranks), reference log-probs and values of the engines' `answers` (n rows):
+        the three groups of calls, in flight, each actor on its `RolloutRows`."""
 
         def launch(group, method):  # an actor with no rows (more reference actors than rows) is not called
-            return [getattr(a, method).remote(ref) for a, ref in zip(group.actors, parts.refs(len(group)))
-                    if ref is not None]
+            return [getattr(a, method).remote(rows, *answers)
+                    for a, rows in zip(group.actors, rollout_rows(n, len(group), self.pad_id)) if rows is not None]
 
         # with LoRA the reference is the policy's base, adapters disabled (`PolicyActor.reference_logprobs`)
         reference = launch(self.roles["policy"], "reference_logprobs") if self.ppo.lora is not None \
@@ -246,18 +264,15 @@ class Driver:
         times, compute = {}, {}
         t = time.perf_counter()
         prompts = self.prompts.next_batch(self.ppo.rollout_batch_size)
-        samples = self.generate(prompts, step)
-        times["generate"] = time.perf_counter() - t
-        compute["generate"] = self.compute_time("rollout")
+        samples, forward_refs, score_refs = self.generate(prompts, step)
+        t_experience = time.perf_counter()
+        times["generate"] = t_experience - t
 
-        # Scoring and the experience forwards need only the samples: all their calls are in flight together,
-        # and the driver prepares the train phase's ptx blocks meanwhile (one phase, "experience").
-        t = time.perf_counter()
-        score_refs = self.launch_score(samples)
-        t_math = time.perf_counter()
+        # Scoring and the experience forwards need only the samples: their calls are chained on the engines'
+        # answers (in flight since `generate`), and the driver collates the batch, prepares the train phase's
+        # ptx blocks and scores a rule reward meanwhile (one phase, "experience"). The phases' compute is read
+        # after this phase, so that no forward runs outside a phase's clock.
         batch = collate(samples, self.pad_id)
-        math_s = time.perf_counter() - t_math  # the driver's own PPO math on the phase's critical path
-        forward_refs = self.launch_experience_forward(batch)
         ptx = self.ptx_blocks()
         raw_scores = self.score(samples, score_refs)
         old_logprobs, ref_logprobs, values = self.collect_experience_forward(forward_refs)
@@ -267,8 +282,9 @@ class Driver:
             batch, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values, raw_scores=raw_scores,
             reward_mean=self.reward_mean, reward_std=self.reward_std, kl_coef=kl_coef, cfg=self.ppo,
         )
-        math_s += time.perf_counter() - t_math
-        times["experience"] = time.perf_counter() - t
+        math_s = time.perf_counter() - t_math  # the driver's own PPO math on the phase's critical path
+        times["experience"] = time.perf_counter() - t_experience
+        compute["generate"] = self.compute_time("rollout")
         compute["experience"] = self.compute_time(*(r for r in ("reward", "policy", "reference", "critic") if r in self.roles))
 
         t = time.perf_counter()
@@ -294,8 +310,8 @@ class Driver:
         if self.ppo.profile_phases:
             for k, (critical, total) in compute.items():
                 row[f"compute_{k}"], row[f"busy_{k}"] = critical, total
-            # collate and make_experience (GAE, whitening) run in the driver while no actor works: the
-            # step's math, not orchestration (the other phases' driver work is the calls themselves)
+            # make_experience (GAE, whitening) runs in the driver while no actor works: the step's math, not
+            # orchestration (collate runs while the forwards compute; the other driver work is the calls)
             row["driver_experience"] = math_s
         row["generate_tokens_per_s"] = gen_tokens / max(times["generate"], 1e-9)
         row["train_tokens_per_s"] = train_tokens / max(times["train"], 1e-9)
