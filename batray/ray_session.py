@@ -198,6 +198,18 @@ def ray_data_output(logging_cfg=None) -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if show else logging.ERROR)
 
 
+_started: dict = {}  # how this process's own start went (`start_ray`)
+
+
+def without_state_api() -> bool:
+    """True when this process started the local cluster it is on, without the dashboard, which serves
+    Ray's State API (`ray.util.state`); False when it joined a cluster or Ray was started by others."""
+    import ray
+
+    return (ray.is_initialized() and _started.get("without_state_api", False)
+            and _started.get("gcs") == ray.get_runtime_context().gcs_address)
+
+
 def start_ray(attempts: int = 3, **init_kwargs) -> None:
     """`ray.init`, retried when a local node times out at startup.
 
@@ -212,6 +224,9 @@ def start_ray(attempts: int = 3, **init_kwargs) -> None:
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)
+            # Ray's State API is served by the dashboard: a local cluster started without one has none
+            _started.update(gcs=ray.get_runtime_context().gcs_address,
+                            without_state_api=init_kwargs["address"] == "local" and not init_kwargs.get("include_dashboard", True))
             return
         except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
             if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":

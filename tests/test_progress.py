@@ -2,7 +2,8 @@
 
 On a terminal (a pseudo-terminal here): one rich bar, step / total, loss, tokens/s and an ETA. Not on a
 terminal (a log file): plain `[sft] step i/n ... ETA` lines, and none of Ray Data's progress bars or
-per-dataset chatter, from the driver or from Ray Train's workers and split coordinator.
+per-dataset chatter, from the driver or from Ray Train's workers and split coordinator, nor Ray Train's
+placement-group cleaner's failed State API queries.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
 # What Ray Data prints when its output is on (seen in a stage's log before it was turned off).
 RAY_DATA_LINES = re.compile(r"Running Dataset|MapBatches|\[dataset\]|Operator|Starting execution of Dataset|"
-                            r"Progress bars|Execution plan of Dataset|execution finished in|Registered dataset logger")
+                            r"Progress bars|Execution plan of Dataset|execution finished in|Registered dataset logger|"
+                            # Ray Train's placement-group cleaner, which cannot reach a State API without a dashboard
+                            r"PlacementGroupCleaner|Failed to query Ray Train Controller")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

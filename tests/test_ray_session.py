@@ -25,7 +25,7 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import ray
 from batray.config import load_config
-from batray.ray_session import init_ray, start_ray_early
+from batray.ray_session import init_ray, start_ray_early, without_state_api
 
 before = dict(os.environ)
 cfg = load_config(None, sys.argv[3:])
@@ -49,10 +49,19 @@ out = ray.get(worker_view.remote())
 out["job_runtime_env"] = dict(ray.get_runtime_context().runtime_env)
 ours = ("PYTHONPATH", "TOKENIZERS_PARALLELISM", "RAY_DATA_LOGGING_CONFIG", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
 out["driver_env_kept"] = {k: os.environ.get(k) for k in ours} == {k: before.get(k) for k in ours}
-import urllib.request
+out["without_state_api"] = without_state_api()
+if cfg.ray.dashboard:
+    import urllib.request
 
-with urllib.request.urlopen(f"http://{ray._private.worker.get_dashboard_url()}/", timeout=30) as page:
-    out["dashboard_page"] = page.status == 200 and b"<html" in page.read(2000).lower()
+    with urllib.request.urlopen(f"http://{ray._private.worker.get_dashboard_url()}/", timeout=30) as page:
+        out["dashboard_page"] = page.status == 200 and b"<html" in page.read(2000).lower()
+try:  # what Ray Train's placement-group cleaner asks once a second (`batray.train.ray_trainer`)
+    from ray.util.state import list_actors
+
+    list_actors(timeout=5)
+    out["state_api"] = True
+except Exception:
+    out["state_api"] = False
 try:  # Ray Train's autoscaling coordinator, made ahead of the first launch by the early start
     ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
     out["coordinator"] = True
@@ -86,6 +95,15 @@ def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_an
     assert out["driver_env_kept"]
     assert out["coordinator"] == (mode == "early")
     assert out["dashboard_page"]  # the web UI, while the cluster is up
+    assert out["state_api"] and not out["without_state_api"]  # Ray Train's defaults stand (its cleaner can ask)
+
+
+def test_without_the_dashboard_the_state_api_is_missing_and_batray_knows(tmp_path):
+    """The premise of `TorchTrainerWithoutStateApi`: a local cluster started without the dashboard has no
+    State API, so Ray Train's placement-group cleaner could only log that it failed to ask."""
+    out = run_driver(tmp_path, "init")
+    assert not out["state_api"]
+    assert out["without_state_api"]
 
 
 def test_the_local_cluster_arguments_follow_the_ray_section():
