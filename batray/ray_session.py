@@ -225,8 +225,8 @@ def start_ray(attempts: int = 3, **init_kwargs) -> None:
         try:
             ray.init(**init_kwargs)
             # Ray's State API is served by the dashboard: a local cluster started without one has none
-            _started.update(gcs=ray.get_runtime_context().gcs_address,
-                            without_state_api=init_kwargs["address"] == "local" and not init_kwargs.get("include_dashboard", True))
+            local_without_dashboard = init_kwargs["address"] == "local" and not init_kwargs.get("include_dashboard", True)
+            _started.update(gcs=ray.get_runtime_context().gcs_address, without_state_api=local_without_dashboard)
             return
         except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
             if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +60,17 @@ log = logging.getLogger("batray.ppo")
 
 class StaleEngine(Exception):
     """A rollout engine answered without the latest weights (it was restarted after the last sync)."""
+
+
+@dataclass
+class Rollout:
+    """A step's samples, the engines' answers they came from (object refs), and the experience calls
+    chained on those answers, in flight: the forwards' groups and the reward actors' calls."""
+
+    samples: list[Sample]
+    answers: list
+    forward_refs: list[list]
+    score_refs: list
 
 
 class Driver:
@@ -132,7 +144,7 @@ class Driver:
                 self.sync_weights(self.synced_tag if self.synced_tag is not None else 0)
 
     # -- the phases ----------------------------------------------------------------------------
-    def generate(self, batch_prompts: list[tuple[int, list[int]]], step: int) -> tuple[list[Sample], list[list], list]:
+    def generate(self, batch_prompts: list[tuple[int, list[int]]], step: int) -> Rollout:
         """The step's samples, and the experience calls already in flight on them.
 
         The forwards (and a reward model's scoring) are launched right after the generate calls, chained on
@@ -168,7 +180,7 @@ class Driver:
                 attempt += 1
         if weights:
             self.synced_tag, self.pending_weights = expected, None
-        return answer_samples(versioned, [index for index, _ in batch_prompts]), forward_refs, score_refs
+        return Rollout(answer_samples(versioned, [index for index, _ in batch_prompts]), refs, forward_refs, score_refs)
 
     def _settle(self, dropped: list) -> None:
         """Wait out dropped chained calls: those on a lost engine's answers fail at once, those on stale
@@ -190,11 +202,12 @@ class Driver:
         return [a.score_rows.remote(rows, *answers)
                 for a, rows in zip(actors, rollout_rows(n, len(actors), self.pad_id)) if rows is not None]
 
-    def score(self, samples: list[Sample], refs: list) -> torch.Tensor:
-        """Scores of `samples`: the calls `refs` already in flight; a lost reward actor is restarted and the
-        batch scored again."""
+    def score(self, rollout: Rollout) -> torch.Tensor:
+        """Scores of the rollout's samples: its reward calls already in flight; a lost reward actor is
+        restarted and the batch scored again."""
         import ray
 
+        samples, refs = rollout.samples, rollout.score_refs
         if self.rule is not None:  # called after the forwards are launched: it runs while the actors compute
             return torch.tensor(self.rule.score([s.response_ids for s in samples]), dtype=torch.float32)
         attempt = 0
@@ -205,9 +218,7 @@ class Driver:
             except ray.exceptions.RayActorError as e:
                 self._recover("reward", e, attempt)
                 attempt += 1
-                actors = self.roles["reward"].actors
-                refs = [a.score.remote([s.prompt_ids for s in samples[r]], [s.response_ids for s in samples[r]])
-                        for a, r in zip(actors, split_rows(len(samples), len(actors))) if r.stop > r.start]
+                refs = self.launch_score(rollout.answers, len(samples))
 
     def launch_experience_forward(self, answers: list, n: int) -> list[list]:
         """Old log-probs (policy ranks), reference log-probs and values of the engines' `answers` (n rows):
@@ -264,7 +275,8 @@ class Driver:
         times, compute = {}, {}
         t = time.perf_counter()
         prompts = self.prompts.next_batch(self.ppo.rollout_batch_size)
-        samples, forward_refs, score_refs = self.generate(prompts, step)
+        rollout = self.generate(prompts, step)
+        samples = rollout.samples
         t_experience = time.perf_counter()
         times["generate"] = t_experience - t
 
@@ -274,8 +286,8 @@ class Driver:
         # after this phase, so that no forward runs outside a phase's clock.
         batch = collate(samples, self.pad_id)
         ptx = self.ptx_blocks()
-        raw_scores = self.score(samples, score_refs)
-        old_logprobs, ref_logprobs, values = self.collect_experience_forward(forward_refs)
+        raw_scores = self.score(rollout)
+        old_logprobs, ref_logprobs, values = self.collect_experience_forward(rollout.forward_refs)
         kl_coef = self.kl_ctl.value
         t_math = time.perf_counter()
         experience, stats = make_experience(

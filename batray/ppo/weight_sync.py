@@ -170,7 +170,8 @@ class WeightSync:
         """The object store's sync needs no round of its own: the policy's train call returns its bucket
         references (`PolicyActor.train_then_buckets`) and the next generate call carries them to the engines
         (`RolloutActor.generate_versioned`), so a step makes two Ray calls fewer. `push` is still the sync
-        at the start, and after an engine restart when no weights are waiting to ride. The other transports move the weights in calls of their own."""
+        at the start, and after an engine restart when no weights are waiting to ride. The other transports
+        move the weights in calls of their own."""
         return self.transport == "object_store"
 
     def reconnect(self) -> None:
