@@ -201,13 +201,25 @@ def ray_data_output(logging_cfg=None) -> None:
 _started: dict = {}  # how this process's own start went (`start_ray`)
 
 
+def started_local_cluster() -> bool:
+    """True when this process started the local cluster it is on: its workers inherit this process's
+    environment (as it was at the start) from the raylet. False when it joined a cluster or Ray was
+    started by others."""
+    import ray
+
+    return ray.is_initialized() and _started.get("gcs") == ray.get_runtime_context().gcs_address
+
+
+def inherited_env() -> dict:
+    """The environment every worker of the local cluster this process started inherits from its raylet
+    (this process's, `local_worker_env` included, as it was at the start); {} when it started none."""
+    return _started.get("env", {}) if started_local_cluster() else {}
+
+
 def without_state_api() -> bool:
     """True when this process started the local cluster it is on, without the dashboard, which serves
     Ray's State API (`ray.util.state`); False when it joined a cluster or Ray was started by others."""
-    import ray
-
-    return (ray.is_initialized() and _started.get("without_state_api", False)
-            and _started.get("gcs") == ray.get_runtime_context().gcs_address)
+    return started_local_cluster() and _started.get("without_state_api", False)
 
 
 def start_ray(attempts: int = 3, **init_kwargs) -> None:
@@ -224,9 +236,10 @@ def start_ray(attempts: int = 3, **init_kwargs) -> None:
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)
-            # Ray's State API is served by the dashboard: a local cluster started without one has none
-            local_without_dashboard = init_kwargs["address"] == "local" and not init_kwargs.get("include_dashboard", True)
-            _started.update(gcs=ray.get_runtime_context().gcs_address, without_state_api=local_without_dashboard)
+            if init_kwargs["address"] == "local":
+                # Ray's State API is served by the dashboard: a local cluster started without one has none
+                _started.update(gcs=ray.get_runtime_context().gcs_address, env=dict(os.environ),
+                                without_state_api=not init_kwargs.get("include_dashboard", True))
             return
         except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
             if "timed out during startup" not in str(e) or attempt == attempts or init_kwargs["address"] != "local":

@@ -109,7 +109,7 @@ def test_local_workers_get_the_checkout_from_the_raylet_without_a_runtime_env_an
 
 
 def test_without_the_dashboard_the_state_api_is_missing_and_batray_knows(tmp_path):
-    """The premise of `TorchTrainerWithoutStateApi`: a local cluster started without the dashboard has no
+    """The premise of `LocalTorchTrainerWithoutStateApi`: a local cluster started without the dashboard has no
     State API, so Ray Train's placement-group cleaner could only log that it failed to ask."""
     out = run_driver(tmp_path, "init")
     assert not out["state_api"]

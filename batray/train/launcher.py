@@ -18,7 +18,7 @@ from batray import hooks
 from batray.checkpoint import is_complete
 from batray.config.base import TrainConfig
 from batray.errors import BatrayError
-from batray.ray_session import init_ray, ray_data_output, without_state_api
+from batray.ray_session import init_ray, ray_data_output
 from batray.trackers import TrackerSpec, open_trackers
 from batray.train.loop import JobSpec, train_loop
 from batray.train.memory_data import MemoryDataset
@@ -88,9 +88,9 @@ def _train_on_ray_train(job: JobSpec, monitor: StageMonitor, streamed: dict) -> 
     import ray.train
     from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from batray.train.backend import TorchProcessGroup
+    from batray.train.ray_trainer import trainer_class
 
     train_cfg, out, stage = job.train, Path(job.out_dir), job.task.stage
     scaling = train_cfg.scaling
@@ -102,10 +102,8 @@ def _train_on_ray_train(job: JobSpec, monitor: StageMonitor, streamed: dict) -> 
         ingest = copy.deepcopy(DataContext.get_current().execution_options)
         data_config = {"dataset_config": DataConfig(datasets_to_split=[k for k in ("train",) if k in streamed],
                                                     execution_options=ingest)}
-    trainer_class = TorchTrainer
-    if without_state_api():  # a local cluster batray started without the dashboard (`batray.train.ray_trainer`)
-        from batray.train.ray_trainer import TorchTrainerWithoutStateApi as trainer_class
-    trainer = trainer_class(
+    # On a local cluster batray started: no runtime envs, no State API cleaner (`batray.train.ray_trainer`)
+    trainer = trainer_class()(
         train_loop,
         # By reference: Ray Train's controller unpickles `train_loop_config`, and the job's classes would
         # make it import torch and transformers (seconds before the workers start); the workers `ray.get` it.
