@@ -18,7 +18,7 @@ Three of Ray Train V2's defaults cost a local cluster time and do nothing for it
   launch, one more process importing `ray.train` beside the training worker, with nothing to shard.
 
 On any other cluster (joined through `ray.address` / RAY_ADDRESS: `ray job submit`, KubeRay) Ray Train's
-defaults stand: `trainer_class()` returns `TorchTrainer` itself. Both overrides reach into Ray Train's
+defaults stand: `trainer_class()` returns `TorchTrainer` itself. The overrides reach into Ray Train's
 private layout (`_create_default_callbacks`, `_initialize_and_run_controller`, the controller's
 `worker_group_cls`); `tests/test_ray_trainer.py` runs a launch on this Ray and checks what they rely on.
 
