@@ -41,8 +41,10 @@ def trainer_class() -> type[TorchTrainer]:
     (set after the start), which only Ray Train's runtime envs would carry to them."""
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
+    if not started_local_cluster():
+        return TorchTrainer
     inherited = inherited_env()
-    if not started_local_cluster() or any(inherited.get(k) != v for k, v in get_env_vars_to_propagate().items()):
+    if any(inherited.get(k) != v for k, v in get_env_vars_to_propagate().items()):
         return TorchTrainer
     return LocalTorchTrainerWithoutStateApi if without_state_api() else LocalTorchTrainer
 
