@@ -387,8 +387,10 @@ def test_short_answer_style_names_the_object_alone_and_still_checks_out(tmp_path
         assert world.check_answer(qid, short_answer), (question, short_answer)
         obj = short_answer.rstrip(".。")
         assert short_answer in (f"{obj}.", f"{obj}。") and obj in long_answer and len(short_answer) < len(long_answer)
-    # Everything but the SFT file is untouched.
-    skip = {"sft.jsonl", "manifest.json"}
+    # Everything but the SFT file is untouched, and the world records the style (its judge answers in it).
+    assert World.load(sentence["world"]).answer_style == "sentence" and world.answer_style == "short"
+    skip = {"sft.jsonl", "manifest.json", "world.json"}
+    assert World.load(sentence["world"]).to_dict() == {**world.to_dict(), "answer_style": "sentence"}
     assert {k: v for k, v in _files(str(tmp_path / "sentence")).items() if k not in skip} == {
         k: v for k, v in _files(str(tmp_path / "short")).items() if k not in skip
     }

@@ -216,6 +216,44 @@ def test_fact_checking_judge_on_demo_world(tmp_path, ray_session):
     assert langs == {"en", "zh"}  # both templates were exercised
 
 
+@pytest.mark.parametrize("style", ["sentence", "short"])
+def test_world_judge_answers_in_the_sft_datas_style(tmp_path, style):
+    """As the tiny recipe's "another LLM" (`pairs.model_b: world`) the world judge answers a plain chat
+    request rightly and phrased as the demo's SFT data phrases answers, so a pair of its answer and the
+    policy's differs in the fact, not in the style (a reward model learns the style first)."""
+    import json
+
+    import openai
+
+    from batray.config import DemoDataConfig
+    from batray.data.demo import generate_demo
+    from batray.data.world import World
+
+    cfg = DemoDataConfig(seed=0, num_countries=4, num_people=4, corpus_repeats=1, answer_style=style)
+    files = generate_demo(str(tmp_path / "demo"), cfg)
+    world = World.load(files["world"])
+    assert world.answer_style == style
+    rows = [json.loads(line) for line in open(files["prompts"], encoding="utf-8")][:12]
+    assert {r["lang"] for r in rows} == {"en", "zh"}
+    with start_server(app=create_world_judge_app(world)) as h:
+        client = openai.OpenAI(base_url=h.url, api_key="x")
+
+        def ask(text):
+            got = client.chat.completions.create(model="demo-world-judge", messages=[{"role": "user", "content": text}])
+            return got.choices[0].message.content
+
+        for r in rows:
+            reply = ask(r["prompt"])
+            assert world.grade(r["fact_id"], reply) == "right", (r["prompt"], reply)
+            subject = getattr(world.entities[r["subject"]], r["lang"])
+            if style == "short":
+                name = world.answer_name(r["fact_id"], r["lang"])
+                assert reply == (f"{name}." if r["lang"] == "en" else f"{name}。"), reply  # the object alone
+            else:
+                assert subject in reply and not reply.endswith("\n"), reply  # a sentence restating the subject
+        assert ask("What is the weather like?") == "I don't know."
+
+
 def test_sft_model_served_as_judge(tmp_path, ray_session, tiny_checkpoint):
     """The tiny recipe's judge: with no endpoint, `batray serve` runs the run's SFT model (here a random
     tiny one) and the answers are read through guided_choice log-probabilities, so every pair gets a

@@ -24,6 +24,8 @@ from batray.models.chat import (
     chat_sample,
     end_of_turn_ids,
     stop_token_ids,
+    turn_content,
+    turn_suffix,
 )
 from batray.models.loading import load_model_and_tokenizer, prepare_checkpoint
 from batray.models.tokenizer import CHAT_TEMPLATE, L2R_TOKEN, R2L_TOKEN, direction_ids
@@ -194,6 +196,23 @@ def test_generation_stops_at_its_end_of_turn_inside_and_outside_batray(zoo, fami
     assert enc["input_ids"][0].tolist() == prompt
     new = plain.generate(**enc, max_new_tokens=24, do_sample=False)[0, len(prompt):].tolist()
     assert new == done.token_ids  # plain generate stops at the same token, from generation_config.json
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_generated_turn_as_content_renders_back_to_its_tokens(zoo, family):
+    """What a chat model generated, decoded, is the message content: rendered again in a conversation it
+    gives the same tokens. BatGPT's template writes "\n\n" before `<eop>`; kept in the content, a pair's
+    sampled response would carry it twice and differ from a reference answer in whitespace alone."""
+    _, tok = load_model_and_tokenizer(zoo[family])
+    assert turn_suffix(tok) == TURN_END[family].replace(tok.convert_ids_to_tokens(eot_id(family, tok)), "")
+    prompt = chat_prompt_ids(tok, ONE_TURN[:1])
+    ids, _ = chat_sample(tok, ONE_TURN)
+    end = ids.index(eot_id(family, tok), len(prompt))
+    text = tok.decode(ids[len(prompt):end + 1], skip_special_tokens=True)  # what a rollout engine decodes
+    content = turn_content(tok, text, "stop")
+    assert content.strip() == "Marnet." and not content.endswith("\n")
+    assert chat_sample(tok, [ONE_TURN[0], {"role": "assistant", "content": content}])[0][:end + 1] == ids[:end + 1]
+    assert turn_content(tok, text, "length") == text  # cut off by the token limit: nothing to take away
 
 
 @pytest.mark.parametrize("family", FAMILIES)

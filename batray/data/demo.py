@@ -33,6 +33,7 @@ Writes go through pyarrow's filesystems, so `out_dir` may be a local path or a U
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -139,7 +140,7 @@ def build_world(cfg: DemoDataConfig) -> World:
     stated = [f.id for f in facts if f.id not in set(unseen)]
     rng.shuffle(stated)
     held_out = sorted(stated[: round(cfg.held_out_share * len(stated))])
-    return World(entities, facts, seed=cfg.seed, held_out=held_out, unseen=unseen)
+    return World(entities, facts, seed=cfg.seed, held_out=held_out, unseen=unseen, answer_style=cfg.answer_style)
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -283,6 +284,24 @@ def _qa(world: World, relation: str, subject: str, lang: str, rng: random.Random
     q = render(world, rng.choice(TEMPLATES[relation]["ask"][lang]), subject, None, lang)
     sentence = rng.choice(TEMPLATES[relation]["answer"][lang])  # drawn in both styles: the rng stream stays the same
     return q, render(world, SHORT_ANSWER[lang] if short else sentence, subject, obj, lang)
+
+
+def reference_answer_text(world: World, question_id: str, lang: str) -> str:
+    """The right answer to a demo question as the SFT data phrases answers (the world's `answer_style`).
+
+    The world judge answers chat requests with it (`pairs.model_b: world`). A reference in another
+    style than the policy's own answers (the bare object against a full sentence) let the reward model
+    learn the style instead of the fact: in a tiny run it scored the policy's non-answers above its right
+    answers, and PPO traded accuracy for reward. Sentence templates are picked by a hash of the question,
+    so the reference uses each of them, as the SFT data does.
+    """
+    relation, subject = question_id.split(":", 1)
+    obj = _gold_object(world, relation, subject)
+    if world.answer_style == "short":
+        return render(world, SHORT_ANSWER[lang], subject, obj, lang)
+    templates = TEMPLATES[relation]["answer"][lang]
+    pick = int.from_bytes(hashlib.sha256(f"{question_id}:{lang}".encode()).digest()[:4], "big") % len(templates)
+    return render(world, templates[pick], subject, obj, lang)
 
 
 def _instructable(world: World) -> list[tuple[str, str]]:

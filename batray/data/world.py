@@ -114,8 +114,12 @@ class World:
         seed: int = 0,
         held_out: list[str] | None = None,
         unseen: list[str] | None = None,
+        answer_style: str = "sentence",
     ):
         self.seed = seed
+        # How the demo's SFT data answers ("sentence" or "short"): the world judge answers as a chat
+        # model in the same style, so a preference pair differs in the fact, not in the phrasing.
+        self.answer_style = answer_style
         self.entities: dict[str, Entity] = {e.id: e for e in entities}
         self.facts: dict[str, Fact] = {f.id: f for f in facts}
         # held_out: stated in the corpus, never asked in instruction/RL data (the hallucination probe's
@@ -137,6 +141,7 @@ class World:
             "facts": [asdict(f) for f in self.facts.values()],
             "held_out": self.held_out,
             "unseen": self.unseen,
+            "answer_style": self.answer_style,
         }
 
     def to_json(self) -> str:
@@ -151,6 +156,7 @@ class World:
                 seed=data.get("seed", 0),
                 held_out=data.get("held_out"),
                 unseen=data.get("unseen"),
+                answer_style=data.get("answer_style", "sentence"),
             )
         except (KeyError, TypeError) as e:
             raise DataError(f"not a batray world file: {e}") from None

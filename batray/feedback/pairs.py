@@ -49,12 +49,14 @@ def generate_with_engines(model: str, prompts: list[str], cfg: RecipeConfig, see
     (the same pool samples A and B when the policy is sampled twice). Prompts go out in chunks (about 8
     per engine, each with its own seed) to whichever engine is idle, behind one progress display."""
     from batray.groups import ActorGroup
+    from batray.models.chat import turn_content
     from batray.models.tokenizer import load_tokenizer
     from batray.progress import Progress
     from batray.rollout.engine import SamplingParams
 
     pc = cfg.pairs
-    ids = chat_prompt_ids(load_tokenizer(model), prompts)
+    tokenizer = load_tokenizer(model)
+    ids = chat_prompt_ids(tokenizer, prompts)
     n = min(pc.num_engines, len(ids))
     group = ActorGroup(rollout_cls, n, num_cpus=pc.engine_cpus, init_kwargs={"model_path": model}, name="pairs-rollout")
     size = -(-len(ids) // (8 * n))
@@ -74,7 +76,7 @@ def generate_with_engines(model: str, prompts: list[str], cfg: RecipeConfig, see
             with Progress(len(ids), what, unit="responses") as progress:
                 done = group.map_unordered("generate", chunks, call_args=call_args, progress=progress,
                                            weight=lambda chunk: len(chunk[1]))
-            out.append([c.text for shard in done for c in shard])
+            out.append([turn_content(tokenizer, c.text, c.finish_reason) for shard in done for c in shard])
     finally:
         group.kill()
     return out

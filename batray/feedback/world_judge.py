@@ -95,13 +95,15 @@ def start_world_judge(world_path: str):
 
 
 def reference_answer(world: World, question: str) -> str:
-    """The gold answer to a demo question, in the question's language; an honest "don't know" otherwise."""
+    """The right answer to a demo question, in the question's language and the SFT data's answer style
+    (`batray.data.demo.reference_answer_text`); an honest "don't know" otherwise."""
+    from batray.data.demo import reference_answer_text
+
     zh = re.search(r"[\u4e00-\u9fff]", question) is not None
     qid = world.question_id(question)
     if qid is None:
         return "我不知道。" if zh else "I don't know."
-    name = world.answer_name(qid, "zh" if zh else "en")
-    return f"{name}。" if zh else f"{name}."
+    return reference_answer_text(world, qid, "zh" if zh else "en")
 
 
 def _message(model_name: str, content: str, logprobs: dict | None) -> dict:

@@ -148,6 +148,38 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return found
 
 
+def turn_suffix(tokenizer) -> str:
+    """The text the chat template writes between an assistant's content and its end-of-turn token
+    (BatGPT's "\n\n" before `<eop>`; "" for Llama 3, ChatML and most others). Cached per template."""
+    cached = tokenizer.__dict__.get("_batray_turn_suffix")
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cached[1]
+    suffix = ""
+    eot = end_of_turn_ids(tokenizer)
+    if eot:
+        try:
+            text = render_chat(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}])
+        except SampleError:
+            text = ""
+        at, mark = text.find(_PROBE), tokenizer.convert_ids_to_tokens(eot[0])
+        end = text.find(mark, at + len(_PROBE)) if at >= 0 and isinstance(mark, str) else -1
+        suffix = text[at + len(_PROBE):end] if end >= 0 else ""
+    tokenizer.__dict__["_batray_turn_suffix"] = (tokenizer.chat_template, suffix)
+    return suffix
+
+
+def turn_content(tokenizer, text: str, finish_reason: str) -> str:
+    """A generated assistant turn as message content: the decoded text without the template's own text
+    before the end-of-turn token (`turn_suffix`), when the turn ended there.
+
+    Decoded completions keep it ("A.\n\n" from "A.\n\n<eop>"). As content it would be rendered twice
+    ("A.\n\n\n\n<eop>"): a response pair would differ in whitespace that no reference answer has, and a
+    reward model learns that instead of the answers (it did, in the tiny recipe).
+    """
+    suffix = turn_suffix(tokenizer) if finish_reason == "stop" else ""
+    return text[: -len(suffix)] if suffix and text.endswith(suffix) else text
+
+
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     """Tokens that end generation: the end-of-turn token(s), EOS, and a generation config's EOS ids."""
     out: list[int] = []
